@@ -1,0 +1,46 @@
+"""Command line: ``circuitbook COMMAND ...``. Thin by design: parse, call the stage, print.
+
+Each command lives in its own module here and exposes ``register(subparsers)``, which adds a subparser
+whose ``func(args) -> int`` does the work. Errors caused by input (``CircuitbookError``) print one
+line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import warnings
+
+from ..errors import CircuitbookError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="circuitbook", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not m.name.startswith("_"):  # _common, __main__ are not commands
+            importlib.import_module(f"{__name__}.{m.name}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.filterwarnings("default", module="circuitbook")
+    try:
+        return int(args.func(args) or 0)
+    except CircuitbookError as e:
+        print(f"circuitbook {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"circuitbook {args.command}: interrupted (finished work is saved; re-run to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Stories in, token batches out.
+
+Formats (``fmt`` or guessed from the path):
+  * ``tinystories`` — a .txt file with stories separated by ``<|endoftext|>`` lines (UTF-8 BOM tolerated),
+    the format of roneneldan/TinyStories' TinyStories-valid.txt; chosen for a .txt that contains the separator;
+  * ``text`` — any other plain text file: stories are blocks separated by one or more blank lines;
+  * ``jsonl`` — one JSON object per line with a "text" (or "story") field;
+  * ``hf:NAME[:SPLIT[:FIELD]]`` — a Hugging Face dataset (needs the ``datasets`` extra).
+
+BOS policy: TinyStories models were trained on stories separated by token 50256, so every sequence we
+feed starts with the tokenizer's ``bos_id`` (for GPT-2 BPE, 50256 = <|endoftext|>) followed by story
+tokens. A story longer than ``max_len - 1`` tokens is cut into consecutive windows, each again
+prefixed by BOS. Sequences are right-padded within a batch and ``mask`` says which positions are real;
+with causal attention, padding never changes the activations at real positions.
+"""
+
+from __future__ import annotations
+
+from .errors import CircuitbookError
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+SEPARATOR = "<|endoftext|>"
+
+
+class CorpusError(CircuitbookError, ValueError):
+    """The corpus cannot be read or holds no stories."""
+
+
+def _guess_format(path: Path) -> str:
+    if path.suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        head = f.read(1 << 20)
+    return "tinystories" if SEPARATOR in head else "text"
+
+
+def read_stories(source: str | Path, fmt: str | None = None) -> Iterator[str]:
+    """Yield stories (stripped, non-empty) one at a time; never holds the whole file in memory."""
+    src = str(source)
+    if src.startswith("hf:"):
+        yield from _hf_stories(src)
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise CorpusError(f"corpus {path} does not exist or is not a file")
+    fmt = fmt or _guess_format(path)
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                text = obj.get("text", obj.get("story")) if isinstance(obj, dict) else None
+                if not isinstance(text, str):
+                    raise CorpusError(f"{path}:{n}: expected an object with a 'text' or 'story' string field")
+                if text.strip():
+                    yield text.strip()
+        return
+    if fmt not in ("tinystories", "text"):
+        raise CorpusError(f"unknown corpus format {fmt!r} (tinystories, text, jsonl, hf:NAME)")
+    buf: list[str] = []
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # utf-8-sig drops the BOM
+        for line in f:
+            boundary = line.strip() == SEPARATOR if fmt == "tinystories" else not line.strip()
+            if boundary:
+                story = "".join(buf).strip()
+                if story:
+                    yield story
+                buf = []
+            else:
+                buf.append(line)
+    story = "".join(buf).strip()
+    if story:
+        yield story
+
+
+def _hf_stories(spec: str) -> Iterator[str]:
+    parts = spec[3:].split(":")
+    name, split, field = parts[0], (parts[1] if len(parts) > 1 else "train"), (parts[2] if len(parts) > 2 else "text")
+    try:
+        import datasets
+    except ImportError:
+        raise CorpusError("hf: corpora need the 'datasets' package: pip install 'circuitbook[datasets]'") from None
+    for row in datasets.load_dataset(name, split=split, streaming=True):
+        text = row.get(field)
+        if isinstance(text, str) and text.strip():
+            yield text.strip()
+
+
+def corpus_hash(source: str | Path) -> str:
+    """sha256 of the corpus file's bytes (or of the dataset spec for hf: corpora)."""
+    src = str(source)
+    if src.startswith("hf:"):
+        return "hf-" + hashlib.sha256(src.encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    with open(source, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Batch:
+    """A right-padded batch of sequences.
+
+    tokens [batch, pos] int64 (BOS first), mask [batch, pos] bool (True on real tokens),
+    story [batch] index of the story in the corpus, window [batch] which max_len window of that story.
+    Sequences are ordered by (story, window), the order they appear in the corpus.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    story: torch.Tensor
+    window: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def sequences(stories, tokenizer, max_len: int = 512, bos_id: int | None = -1) -> Iterator[tuple[int, int, list[int]]]:
+    """(story index, window index, token ids) for every window of every story, BOS first."""
+    bos = tokenizer.bos_id if bos_id == -1 else bos_id
+    prefix = [bos] if bos is not None else []
+    body = max_len - len(prefix)
+    if body < 1:
+        raise CorpusError(f"max_len {max_len} leaves no room for story tokens")
+    for s, text in enumerate(stories):
+        ids = tokenizer.encode(text)
+        for w, start in enumerate(range(0, max(len(ids), 1), body)):
+            chunk = ids[start:start + body]
+            if chunk:
+                yield s, w, prefix + chunk
+
+
+def batches(stories, tokenizer, max_len: int = 512, batch_size: int = 8, pad_id: int = 0,
+            bos_id: int | None = -1) -> Iterator[Batch]:
+    """Group :func:`sequences` into right-padded batches, in corpus order."""
+    pending: list[tuple[int, int, list[int]]] = []
+
+    def flush():
+        T = max(len(ids) for _, _, ids in pending)
+        toks = torch.full((len(pending), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(pending), T), dtype=torch.bool)
+        for i, (_, _, ids) in enumerate(pending):
+            toks[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = True
+        return Batch(toks, mask, torch.tensor([s for s, _, _ in pending]), torch.tensor([w for _, w, _ in pending]))
+
+    for item in sequences(stories, tokenizer, max_len, bos_id):
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield flush()
+            pending = []
+    if pending:
+        yield flush()

@@ -1,0 +1,193 @@
+"""One forward pass for every architecture, top to bottom, with taps and interventions.
+
+``run(weights, tokens, taps=[...])`` returns exactly the named activations and stops as soon as it has
+them, so a scan that wants ``blocks.0.mlp.hook_post`` never computes W_out or the unembedding.
+``interventions={name: fn}`` replaces an activation by ``fn(activation)`` before anything downstream
+reads it (ablate, patch, steer).
+
+Tap names follow TransformerLens. Shapes ([batch, pos, ...]):
+
+    hook_embed, hook_pos_embed                      [b, p, d_model]
+    blocks.{l}.hook_resid_pre / hook_resid_mid / hook_resid_post    [b, p, d_model]
+    blocks.{l}.ln1.hook_scale, ln2.hook_scale       [b, p, 1]
+    blocks.{l}.attn.hook_q / hook_k / hook_v / hook_z   [b, p, n_heads, d_head] (q, k before rotary)
+    blocks.{l}.attn.hook_attn_scores / hook_pattern [b, n_heads, q_pos, k_pos]
+    blocks.{l}.attn.hook_result                     [b, p, n_heads, d_model]  (per-head output, no b_O)
+    blocks.{l}.hook_attn_out, hook_mlp_out          [b, p, d_model]
+    blocks.{l}.mlp.hook_pre / hook_pre_linear / hook_post   [b, p, d_mlp]
+        (gated MLPs: hook_pre is the gate pre-activation, hook_pre_linear the W_in branch)
+    ln_final.hook_scale [b, p, 1], ln_final.hook_normalized [b, p, d_model], logits [b, p, d_vocab]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .weights import Weights
+
+Intervention = Callable[[Tensor], Tensor]
+
+_LAYER_HOOKS = (
+    "hook_resid_pre", "ln1.hook_scale", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+    "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+    "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+)
+
+
+def hook_names(cfg) -> list[str]:
+    """Every tap name this model produces, in the order the forward produces them."""
+    names = ["hook_embed"] + (["hook_pos_embed"] if cfg.positional == "learned" else [])
+    layer = [n for n in _LAYER_HOOKS if cfg.gated_mlp or n != "mlp.hook_pre_linear"]
+    for l in range(cfg.n_layers):
+        names += [f"blocks.{l}.{h}" for h in layer]
+    return names + ["ln_final.hook_scale", "ln_final.hook_normalized", "logits"]
+
+
+class _Done(Exception):
+    """Raised inside the forward once every requested tap is collected."""
+
+
+class _Taps:
+    def __init__(self, weights: Weights, taps: Iterable[str], interventions: dict[str, Intervention] | None):
+        self.wanted = set(taps)
+        self.interventions = dict(interventions or {})
+        valid = set(hook_names(weights.cfg))
+        bad = sorted((self.wanted | set(self.interventions)) - valid)
+        if bad:
+            raise ValueError(f"unknown activation name(s) {bad}; valid names look like "
+                             f"'blocks.0.mlp.hook_post' (see circuitbook.model.forward.hook_names)")
+        self.cache: dict[str, Tensor] = {}
+
+    def needs(self, name: str) -> bool:
+        return name in self.wanted or name in self.interventions
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        fn = self.interventions.get(name)
+        if fn is not None:
+            x = fn(x)
+        if name in self.wanted:
+            self.cache[name] = x
+            if len(self.cache) == len(self.wanted):
+                raise _Done
+        return x
+
+
+def _norm(x: Tensor, w: Tensor, b: Tensor, kind: str, eps: float, tap, name: str) -> Tensor:
+    """LayerNorm (subtract mean) or RMSNorm, computed in fp32, with the scale exposed as a tap."""
+    dtype = x.dtype
+    x = x.float()
+    if kind == "LN":
+        x = x - x.mean(-1, keepdim=True)
+    scale = tap(name, (x.pow(2).mean(-1, keepdim=True) + eps).sqrt())
+    return (x / scale).to(dtype) * w + b
+
+
+def _act(x: Tensor, kind: str) -> Tensor:
+    if kind in ("gelu_new", "gelu_pytorch_tanh"):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "relu":
+        return F.relu(x)
+    return F.silu(x)
+
+
+def _rotary(x: Tensor, base: float) -> Tensor:
+    """Rotary position embedding, half-split convention (as HF Llama). x: [b, p, h, e]."""
+    p, e = x.shape[1], x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, e, 2, dtype=torch.float32, device=x.device) / e))
+    ang = torch.arange(p, dtype=torch.float32, device=x.device)[:, None] * inv_freq[None]
+    cos, sin = torch.cat([ang, ang], -1).cos()[None, :, None], torch.cat([ang, ang], -1).sin()[None, :, None]
+    x1, x2 = x[..., : e // 2], x[..., e // 2:]
+    return (x.float() * cos + torch.cat([-x2, x1], -1).float() * sin).to(x.dtype)
+
+
+def attention_mask(n_q: int, n_k: int, kind: str, window: int | None, device=None) -> Tensor:
+    """Bool [n_q, n_k], True where query i may read key j: causal, and within `window` for local layers."""
+    i = torch.arange(n_k - n_q, n_k, device=device)[:, None]
+    j = torch.arange(n_k, device=device)[None, :]
+    mask = j <= i
+    if kind == "local":
+        mask &= j > i - window
+    return mask
+
+
+def run(weights: Weights, tokens: Tensor, taps: Iterable[str] = ("logits",),
+        interventions: dict[str, Intervention] | None = None) -> dict[str, Tensor]:
+    """Run ``tokens`` [batch, pos] (int64) through the model and return {tap name: activation}."""
+    tap = _Taps(weights, taps, interventions)
+    if not tap.wanted:
+        return {}
+    try:
+        _forward(weights, tokens, tap)
+    except _Done:
+        pass
+    return tap.cache
+
+
+@torch.inference_mode()
+def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
+    cfg = w.cfg
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    n_pos = tokens.shape[1]
+    if w.W_pos is not None and n_pos > w.W_pos.shape[0]:
+        raise ValueError(f"sequence of {n_pos} tokens exceeds the model's {w.W_pos.shape[0]} positions")
+    resid = tap("hook_embed", w.W_E[tokens])
+    if w.W_pos is not None:
+        resid = resid + tap("hook_pos_embed", w.W_pos[:n_pos])[None]
+
+    for l in range(cfg.n_layers):
+        h = lambda name, x: tap(f"blocks.{l}.{name}", x)  # noqa: E731
+        resid = h("hook_resid_pre", resid)
+
+        # --- attention
+        x = _norm(resid, w.ln1_w[l], w.ln1_b[l], cfg.norm, cfg.eps, h, "ln1.hook_scale")
+        q = h("attn.hook_q", torch.einsum("bpd,hde->bphe", x, w.W_Q[l]) + w.b_Q[l])
+        k = h("attn.hook_k", torch.einsum("bpd,hde->bphe", x, w.W_K[l]) + w.b_K[l])
+        v = h("attn.hook_v", torch.einsum("bpd,hde->bphe", x, w.W_V[l]) + w.b_V[l])
+        if cfg.positional == "rotary":
+            q, k = _rotary(q, cfg.rotary_base), _rotary(k, cfg.rotary_base)
+        mask = attention_mask(n_pos, n_pos, cfg.attn_types[l], cfg.window, tokens.device)
+        if any(tap.needs(f"blocks.{l}.attn.{n}") for n in ("hook_attn_scores", "hook_pattern")):
+            scores = torch.einsum("bqhe,bkhe->bhqk", q.float(), k.float()) / cfg.attn_scale
+            scores = h("attn.hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+            pattern = h("attn.hook_pattern", scores.softmax(-1))
+            z = torch.einsum("bhqk,bkhe->bqhe", pattern.to(v.dtype), v)
+        else:  # fused kernel when nobody looks at the pattern
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, scale=1.0 / cfg.attn_scale).transpose(1, 2)
+        z = h("attn.hook_z", z)
+        if tap.needs(f"blocks.{l}.attn.hook_result"):
+            attn_out = h("attn.hook_result", torch.einsum("bphe,hed->bphd", z, w.W_O[l])).sum(2) + w.b_O[l]
+        else:
+            attn_out = torch.einsum("bphe,hed->bpd", z, w.W_O[l]) + w.b_O[l]
+        resid = h("hook_resid_mid", resid + h("hook_attn_out", attn_out))
+
+        # --- MLP
+        x = _norm(resid, w.ln2_w[l], w.ln2_b[l], cfg.norm, cfg.eps, h, "ln2.hook_scale")
+        if w.W_gate is not None:
+            pre = h("mlp.hook_pre", x @ w.W_gate[l])
+            post = _act(pre, cfg.act_fn) * h("mlp.hook_pre_linear", x @ w.W_in[l] + w.b_in[l])
+        else:
+            pre = h("mlp.hook_pre", x @ w.W_in[l] + w.b_in[l])
+            post = _act(pre, cfg.act_fn)
+        post = h("mlp.hook_post", post)
+        resid = h("hook_resid_post", resid + h("hook_mlp_out", post @ w.W_out[l] + w.b_out[l]))
+
+    x = _norm(resid, w.lnf_w, w.lnf_b, cfg.norm, cfg.eps, tap, "ln_final.hook_scale")
+    x = tap("ln_final.hook_normalized", x)
+    tap("logits", (x @ w.W_U + w.b_U).float())
+
+
+def log_probs(weights: Weights, tokens: Tensor, interventions: dict[str, Intervention] | None = None) -> Tensor:
+    """Log-probabilities of each next token: [batch, pos-1] (position i predicts token i+1)."""
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    logits = run(weights, tokens, ("logits",), interventions)["logits"]
+    return logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]

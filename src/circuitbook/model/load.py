@@ -1,0 +1,165 @@
+"""Load a checkpoint (local HF-format directory or hub id) into a :class:`Model`, and save one back."""
+
+from __future__ import annotations
+
+from ..errors import CircuitbookError
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from .config import ConfigError, ModelConfig, parse_hf_config, read_config
+from .forward import Intervention, log_probs, run
+from .tokenizer import Tokenizer
+from .weights import Weights, from_hf_state_dict, to_hf_state_dict
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ModelLoadError(CircuitbookError, RuntimeError):
+    """The source could not be turned into a model (missing files, offline and not cached, ...)."""
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: arch-neutral weights, its tokenizer and where it came from.
+
+    ``source`` is what the user asked for (a path or hub id); ``path`` the local directory it lives in.
+    """
+
+    weights: Weights
+    tokenizer: Tokenizer | None
+    source: str
+    path: Path | None = None
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.weights.cfg
+
+    def run(self, tokens: Tensor, taps: Iterable[str] = ("logits",),
+            interventions: dict[str, Intervention] | None = None) -> dict[str, Tensor]:
+        return run(self.weights, tokens.to(self.weights.device), taps, interventions)
+
+    def log_probs(self, tokens: Tensor, interventions=None) -> Tensor:
+        return log_probs(self.weights, tokens.to(self.weights.device), interventions)
+
+    def to_tokens(self, text: str, bos: bool = True) -> Tensor:
+        """[1, pos] ids; with ``bos`` the story separator comes first, as in training."""
+        ids = self.tokenizer.encode(text)
+        if bos and self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        return torch.tensor([ids], dtype=torch.long)
+
+    def with_weights(self, weights: Weights) -> "Model":
+        return dataclasses.replace(self, weights=weights)
+
+    def fingerprint(self) -> str:
+        """A short content hash of the weights: identifies the model in the book."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        for k, t in sorted(self.weights.tensors().items()):
+            flat = t.detach().float().flatten()
+            h.update(k.encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].numpy().tobytes())
+            h.update(str(float(flat.double().sum())).encode())
+        return h.hexdigest()[:16]
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    st = sorted(path.glob("*.safetensors"))
+    if st:
+        from safetensors.torch import load_file
+
+        sd: dict[str, Tensor] = {}
+        for f in st:
+            sd.update(load_file(str(f)))
+        return sd
+    binf = path / "pytorch_model.bin"
+    if binf.exists():
+        return torch.load(binf, map_location="cpu", weights_only=True)
+    raise ModelLoadError(f"{path} has no model.safetensors or pytorch_model.bin")
+
+
+def _resolve(source: str) -> Path:
+    """A local directory, or a hub id fetched through huggingface_hub (honours HF_HUB_OFFLINE and the cache)."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelLoadError(f"{source!r} is not a model directory (need config.json + weights) nor a hub id "
+                             f"like 'roneneldan/TinyStories-1Layer-21M'")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import HfHubHTTPError
+    except ImportError as e:  # pragma: no cover
+        raise ModelLoadError(f"huggingface_hub is needed to fetch {source!r}: {e}") from None
+    patterns = ["config.json", *_TOKENIZER_FILES, "*.safetensors"]
+    try:
+        local = Path(snapshot_download(source, allow_patterns=patterns))
+        if not list(local.glob("*.safetensors")):  # older repos ship only the pickle
+            local = Path(snapshot_download(source, allow_patterns=patterns + ["pytorch_model.bin"]))
+    except Exception as e:  # offline, not cached, unknown repo, network error
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = ("HF_HUB_OFFLINE is set and the model is not in the local cache"
+                if offline else "could not download it (no network?) and it is not in the local cache")
+        if isinstance(e, HfHubHTTPError) and getattr(e.response, "status_code", None) == 404:
+            hint = "no such repository on the hub"
+        raise ModelLoadError(f"cannot load {source!r}: {hint}. ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return local
+
+
+def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+    """Load GPT-Neo, GPT-2 or Llama from an HF-format directory or a hub id.
+
+    >>> m = load_model("roneneldan/TinyStories-1Layer-21M")   # needs internet or the HF cache
+    """
+    path = _resolve(str(source))
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} has no config.json")
+    cfg = read_config(path / "config.json")
+    weights = from_hf_state_dict(cfg, _read_state_dict(path), dtype=dtype).to(device=device)
+    if weights.W_E.shape != (cfg.d_vocab, cfg.d_model):
+        raise ConfigError(f"embedding is {tuple(weights.W_E.shape)} but config says "
+                          f"vocab {cfg.d_vocab} x d_model {cfg.d_model}")
+    tok = None
+    try:
+        tok = Tokenizer.from_dir(path, cfg.bos_token_id)
+    except FileNotFoundError:
+        warnings.warn(f"{path} has no tokenizer files; pass token ids directly", stacklevel=2)
+    return Model(weights, tok, str(source), path)
+
+
+def from_hf_model(hf_model, tokenizer: Tokenizer | None = None, source: str = "<in-memory>") -> Model:
+    """Wrap an in-memory transformers model (used by the parity tests and notebooks)."""
+    cfg = parse_hf_config(hf_model.config.to_dict())
+    sd = {k: v.detach() for k, v in hf_model.state_dict().items()}
+    return Model(from_hf_state_dict(cfg, sd), tokenizer, source)
+
+
+def save_hf(model_or_weights: Model | Weights, out_dir: str | Path, tokenizer_from: Path | None = None) -> Path:
+    """Write an HF checkpoint (config.json + model.safetensors, plus tokenizer files if known) that
+    ``transformers.AutoModelForCausalLM.from_pretrained`` loads."""
+    from safetensors.torch import save_file
+
+    weights = model_or_weights.weights if isinstance(model_or_weights, Model) else model_or_weights
+    if isinstance(model_or_weights, Model) and tokenizer_from is None:
+        tokenizer_from = model_or_weights.path
+    sd, hf_cfg = to_hf_state_dict(weights.to(dtype=torch.float32, device="cpu"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")  # atomic: never a half-written checkpoint
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    if tokenizer_from is not None:
+        for f in _TOKENIZER_FILES:
+            if (Path(tokenizer_from) / f).exists():
+                (out / f).write_bytes((Path(tokenizer_from) / f).read_bytes())
+    return out

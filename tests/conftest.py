@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests may read ../shared/assets in place (never copied into the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+
+
+def asset(*parts: str) -> Path:
+    p = ASSETS.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared asset {p} not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    return asset("gpt2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def stories_path() -> Path:
+    return asset("tinystories-text", "TinyStories-valid.prefix-1841stories.txt")
+
+
+@pytest.fixture(scope="session")
+def ts1l_dir() -> Path:
+    return asset("ts-1l-dev")
+
+
+@pytest.fixture(scope="session")
+def ts656k_dir() -> Path:
+    return asset("tinystories-656K")
+
+
+@pytest.fixture(scope="session")
+def ts1l(ts1l_dir):
+    from circuitbook.model import load_model
+
+    return load_model(ts1l_dir)
