@@ -1,0 +1,17 @@
+"""circuitbook demo: run the main job on the embedded handcrafted model (no download, no ../shared)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded handcrafted model")
+    p.add_argument("--out", default="circuitbook-demo", help="output directory (default ./circuitbook-demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the demo model and corpus")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..demo.run import run_demo
+
+    run_demo(args.out, seed=args.seed)
+    return 0
