@@ -1,0 +1,94 @@
+"""The index's rows: one per neuron and head, with what each component knows about it in summary.
+
+``index_rows(book)`` reads the core ``units`` table (label, notes, status) and asks each stage's
+bulk query for its one-line summary (type, class, key stats, top tokens) when that stage's component
+is present in the book; a book with only labels still gives a full index. ``filter_rows`` applies the
+index page's filters (the same ones the page's JavaScript applies in the static export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from ..book import Book
+
+
+@dataclasses.dataclass
+class Row:
+    """One unit in the index. ``stats`` maps a short column name to a number (ordering: as inserted)."""
+
+    kind: str
+    layer: int
+    idx: int
+    label: str = ""
+    notes: str = ""
+    status: str = "none"
+    type: str = ""
+    cls: str = ""
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    top_tokens: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{'N' if self.kind == 'neuron' else 'H'}{self.layer}.{self.idx}"
+
+    @property
+    def search_text(self) -> str:
+        """What text search matches against: key, label, notes, type, class and top tokens (lowercase)."""
+        return " ".join([self.key, self.label, self.notes, self.type, self.cls, *self.top_tokens]).lower()
+
+
+def index_rows(book: Book) -> list[Row]:
+    """Every unit of the bound model (neurons then heads, by layer and index), or only the units the
+    book has rows for when it is not bound to a model yet."""
+    have = {(r[0], r[1], r[2]): r for r in book.conn.execute(
+        "SELECT kind, layer, idx, label, notes, status FROM units")}
+    if book.config is not None:
+        keys = list(book.units())
+    else:
+        keys = sorted(have, key=lambda k: (k[0] != "neuron", k[1], k[2]))
+    rows = {}
+    for k in keys:
+        r = have.get(k)
+        rows[k] = Row(*k, *(tuple(r[3:]) if r else ()))
+    for summary in _component_summaries(book):
+        for k, s in summary.items():
+            row = rows.get(k)
+            if row is None:
+                continue
+            row.type = s.get("type", row.type) or row.type
+            row.cls = s.get("cls", row.cls) or row.cls
+            row.stats.update(s.get("stats", {}))
+            row.top_tokens += s.get("top_tokens", [])
+    return list(rows.values())
+
+
+def _component_summaries(book: Book) -> list[dict]:
+    return []
+
+
+LABEL_FILTERS = ("any", "labelled", "unlabelled", "hypothesis", "supported", "refuted", "confirmed")
+
+
+def filter_rows(rows: list[Row], q: str = "", kind: str = "", layer: int | None = None, type: str = "",
+                cls: str = "", label: str = "any") -> list[Row]:
+    """Rows matching every given filter. ``q``: whitespace-separated words, each must occur in the
+    row's search text; ``label``: one of LABEL_FILTERS (a status filters on hypothesis status)."""
+    words = q.lower().split()
+    out = []
+    for r in rows:
+        if kind and r.kind != kind or layer is not None and r.layer != layer:
+            continue
+        if type and r.type != type or cls and r.cls != cls:
+            continue
+        if label == "labelled" and not r.label or label == "unlabelled" and r.label:
+            continue
+        if label not in ("any", "labelled", "unlabelled", "") and r.status != label:
+            continue
+        if words:
+            text = r.search_text
+            if not all(w in text for w in words):
+                continue
+        out.append(r)
+    return out

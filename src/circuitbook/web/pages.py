@@ -1,0 +1,168 @@
+"""Page rendering shared by the server (``app.py``) and the static export (``export.py``).
+
+A :class:`Site` renders whole pages from the book: the same templates and fragments serve both, only
+the links differ (``/neuron/0/5`` on the server, ``neuron/0/5.html`` relative in the export) and the
+export has no editing forms or prompt page. Templates autoescape everything; the only markup that
+enters unescaped is built by ``circuitbook.book.render`` (which escapes every string it interpolates)
+and is wrapped in ``Markup`` here, at the one place it crosses into the templates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from ..book import STATUSES, Book, BookError
+from ..book import render
+from ..errors import CircuitbookError
+from .index import LABEL_FILTERS, Row, filter_rows, index_rows
+
+KINDS = ("neuron", "head")
+_INT = re.compile(r"^[0-9]{1,9}$")
+
+
+class NotFound(CircuitbookError, LookupError):
+    """A page that does not exist (bad kind, layer or index): the server answers 404 with this message."""
+
+
+def parse_unit(kind: str, layer: str | int, idx: str | int, cfg: dict | None) -> tuple[str, int, int]:
+    """Validate a unit address from a URL: kind in KINDS, layer and idx non-negative ints in range."""
+    if kind not in KINDS:
+        raise NotFound(f"no such unit kind {kind!r} (expected 'neuron' or 'head')")
+    for name, v in (("layer", layer), ("index", idx)):
+        if not _INT.match(str(v)):
+            raise NotFound(f"{kind} {name} must be a non-negative integer, not {str(v)[:40]!r}")
+    layer, idx = int(layer), int(idx)
+    if cfg is not None:
+        size = cfg["d_mlp"] if kind == "neuron" else cfg["n_heads"]
+        if layer >= cfg["n_layers"]:
+            raise NotFound(f"no layer {layer}: the model has {cfg['n_layers']} layer(s) (0..{cfg['n_layers'] - 1})")
+        if idx >= size:
+            raise NotFound(f"no {kind} {idx} in layer {layer}: the model has {size} {kind}s per layer "
+                           f"(0..{size - 1})")
+    return kind, layer, idx
+
+
+class Site:
+    """Renders pages for one book. ``static=True`` renders for the static export (relative links,
+    read-only). ``model`` (optional) enables the prompt page."""
+
+    def __init__(self, book: Book, static: bool = False, model=None, title: str | None = None):
+        self.book = book
+        self.static = static
+        self.model = model
+        self.title = title or book.path.name
+        self.env = Environment(loader=PackageLoader("circuitbook.web", "templates"),
+                               autoescape=select_autoescape(default=True, default_for_string=True))
+        self._rows: list[Row] | None = None
+
+    # ------------------------------------------------------------------ links
+    def root(self, depth: int) -> str:
+        return "../" * depth if self.static else "/"
+
+    def unit_url(self, kind: str, layer: int, idx: int, depth: int = 0) -> str:
+        return f"{self.root(depth)}{kind}/{layer}/{idx}" + (".html" if self.static else "")
+
+    def index_url(self, depth: int = 0) -> str:
+        return self.root(depth) + ("index.html" if self.static else "")
+
+    def static_url(self, name: str, depth: int = 0) -> str:
+        return f"{self.root(depth)}static/{name}"
+
+    def ctx(self, depth: int) -> render.Ctx:
+        return render.Ctx(link=lambda k, l, i: self.unit_url(k, l, i, depth), token_strs=self.book.token_strs() or None)
+
+    def _page(self, template: str, depth: int, **kw) -> str:
+        return self.env.get_template(template).render(
+            site=self, depth=depth, static=self.static, book_name=self.title,
+            style=self.static_url("style.css", depth), script=self.static_url("app.js", depth),
+            home=self.index_url(depth), has_model=self.model is not None and not self.static, **kw)
+
+    # ------------------------------------------------------------------ index
+    def rows(self, fresh: bool = True) -> list[Row]:
+        if fresh or self._rows is None:
+            self._rows = index_rows(self.book)
+        return self._rows
+
+    def index_page(self, q: str = "", kind: str = "", layer: str = "", type: str = "", cls: str = "",
+                   label: str = "any", concept: str = "", limit: int = 500, offset: int = 0) -> str:
+        rows = self.rows(fresh=not self.static)
+        if kind and kind not in KINDS:
+            raise NotFound(f"no such unit kind {kind!r}")
+        if label not in LABEL_FILTERS and label:
+            raise NotFound(f"label filter must be one of {LABEL_FILTERS}")
+        lay = int(layer) if _INT.match(layer or "") else None
+        shown = filter_rows(rows, q=q, kind=kind, layer=lay, type=type, cls=cls, label=label or "any")
+        concept_hits = self.concept_hits(concept) if concept and not self.static else None
+        if concept_hits is not None:
+            order = {k: i for i, (k, _) in enumerate(concept_hits)}
+            score = dict(concept_hits)
+            shown = sorted((r for r in shown if (r.kind, r.layer, r.idx) in order),
+                           key=lambda r: order[(r.kind, r.layer, r.idx)])
+            for r in shown:
+                r.stats = {"concept": score[(r.kind, r.layer, r.idx)], **r.stats}
+        total = len(shown)
+        if not self.static:
+            shown = shown[offset: offset + limit]
+        stat_cols: list[str] = []
+        for r in shown:
+            stat_cols += [c for c in r.stats if c not in stat_cols]
+        cfg = self.book.config or {}
+        return self._page(
+            "index.html", 0, rows=shown, total=total, n_units=len(rows), stat_cols=stat_cols, offset=offset,
+            limit=limit, q=q, kind=kind, layer=layer, type=type, cls=cls, label=label or "any", concept=concept,
+            layers=list(range(cfg.get("n_layers", 0))), types=sorted({r.type for r in rows if r.type}),
+            classes=sorted({r.cls for r in rows if r.cls}), label_filters=LABEL_FILTERS,
+            has_concepts=self.concept_search_available() and not self.static, cfg=cfg,
+            n_labelled=sum(1 for r in rows if r.label))
+
+    def concept_search_available(self) -> bool:
+        return _concept_search() is not None
+
+    def concept_hits(self, concept: str) -> list[tuple[tuple[str, int, int], float]] | None:
+        fn = _concept_search()
+        if fn is None:
+            return None
+        return fn(self.book, concept)
+
+    # ------------------------------------------------------------------ unit pages
+    def unit_page(self, kind: str, layer: Any, idx: Any) -> str:
+        kind, layer, idx = parse_unit(kind, layer, idx, self.book.config)
+        try:
+            unit = self.book.unit(kind, layer, idx)
+        except BookError as e:
+            raise NotFound(str(e)) from None
+        ctx = self.ctx(2)
+        sections = [Markup(render.section_html(n, s, ctx)) for n, s in unit.sections.items()]
+        history = [] if self.static else self.book.label_history(kind, layer, idx)[-20:][::-1]
+        cfg = self.book.config or {}
+        size = cfg.get("d_mlp" if kind == "neuron" else "n_heads")
+        prev_url = self.unit_url(kind, layer, idx - 1, 2) if idx > 0 else None
+        next_url = self.unit_url(kind, layer, idx + 1, 2) if size is None or idx + 1 < size else None
+        return self._page("unit.html", 2, unit=unit, sections=sections, statuses=STATUSES, history=history,
+                          prev_url=prev_url, next_url=next_url,
+                          api=f"/api/unit/{kind}/{layer}/{idx}")
+
+    # ------------------------------------------------------------------ errors
+    def error_page(self, status: int, message: str) -> str:
+        return self._page("error.html", 0, status=status, message=message)
+
+
+def _concept_search():
+    """The typing component's concept search, if that stage is installed (None otherwise)."""
+    try:
+        from ..book import typing as t
+    except ImportError:
+        return None
+    return getattr(t, "concept_search", None)
+
+
+def json_script(obj: Any) -> Markup:
+    """JSON safe to embed inside <script type="application/json"> (no '</script>' break-out)."""
+    s = json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(s)
