@@ -1,0 +1,564 @@
+"""Per-prompt attribution graphs: which inputs, heads and neurons make the model predict one token.
+
+The decomposition is *exact* at the prompt: it linearises the model around this one forward pass by
+freezing three things at the values the forward measured, after which the model is a linear function
+of its input embeddings and its constant (bias) terms, and reproduces the forward's logit exactly:
+
+1. **norm scales** — every LayerNorm/RMSNorm divides by the scale ``hook_scale`` measured in the forward.
+   A frozen norm is linear: ``LN(x) . a = x . P(w * a) / s + b . a`` where ``P(v) = v - mean(v)`` for
+   LayerNorm (it subtracts the mean) and ``P(v) = v`` for RMSNorm.
+2. **attention patterns** — ``hook_pattern`` is held fixed, so a head is linear in its values: its output
+   at query q is ``sum_k pattern[q, k] * v[k] @ W_O`` (``v`` includes ``b_V``).
+3. **activation gates** — every activation is written ``act(x) = x * gamma`` and ``gamma`` frozen at this
+   input: ``gamma = post / pre`` (GELU/ReLU: the fraction of the pre-activation the neuron passes on;
+   gated MLPs: ``gamma = act(x @ W_gate)``, the gate branch, times the linear branch ``x @ W_in + b_in``).
+
+Nodes (each writes one vector into the residual stream at one position):
+
+    input  k         the token embedding plus positional embedding at position k  (W_E[tok_k] + W_pos[k])
+    head   l,h,q,k   head h of layer l at query (destination) position q reading source position k:
+                     pattern[h, q, k] * v[k, h] @ W_O[l, h]   (summing over k gives hook_result[q, h])
+    neuron l,i,q     neuron i of layer l at position q: post[q, i] * W_out[l, i]
+    logit            the target: logit[pos, target] (or logit[pos, target] - logit[pos, contrast])
+
+**Direct contributions** (:func:`direct_logit`): through the frozen final norm the logit is
+``resid[pos] . d + const`` with ``d = P(lnf_w * u) / s_final[pos]``, ``u = W_U[:, target]`` (minus
+``W_U[:, contrast]``). ``resid[pos]`` is the sum of the input node at ``pos``, every head node with
+q = pos, every neuron node at pos, and the biases b_O, b_out; so
+
+    logit == input[pos] + heads.sum() + neurons.sum() + sum(constants.values())      (exactly)
+
+with the documented constants ``b_U`` (b_U . u-coefficients), ``ln_final.b`` (lnf_b . u) and
+``blocks.{l}.attn.b_O`` / ``blocks.{l}.mlp.b_out`` (each bias . d). The input node at ``pos`` read
+directly by the unembedding is the *direct path* (W_E -> W_U).
+
+**Node value** = the node's total effect on the logit in the frozen model: ``out_n . g_n`` where g_n is
+the gradient of the logit with respect to the residual stream just after the node, at its position
+(computed by an exact backward pass through the frozen model). Summing over inputs:
+
+    logit == sum_k value(input k) + sum(bias_flow.values())                           (exactly)
+
+where ``bias_flow`` holds the total effect of every constant term (b_U, ln_final.b, and per layer
+attn.b_O, attn.b_V, ln1.b, mlp.b_in, mlp.b_out, ln2.b).
+
+**Edge weight** s -> t = the part of t's value that flows from s directly (not through another node):
+``out_s . r_t`` where r_t is t's reading vector (for heads: through the frozen ln1 at source position
+k, W_V, W_O and pattern; for neurons: through the frozen ln2 at q, W_in and the frozen gate; for the
+logit: d). Edges exist when s writes at the position t reads and s comes earlier (inputs < layer-l
+heads < layer-l neurons < layer-(l+1) heads ...). With no pruning, edges conserve value both ways:
+``sum_t w(s -> t) == value(s)`` and ``sum_s w(s -> t) + (t's bias in-flow) == value(t)``. All edge
+weights and values are in logit units.
+
+Pruning keeps the logit node plus the ``max_nodes`` nodes of largest |value| (>= ``node_threshold``),
+then the ``max_edges`` edges among them of largest |weight| (>= ``edge_threshold``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import CircuitbookError
+
+
+class GraphError(CircuitbookError, ValueError):
+    """A prompt, target token or position that cannot be attributed."""
+
+
+# --------------------------------------------------------------------------- data structures
+@dataclasses.dataclass
+class Node:
+    """One node of an attribution graph.
+
+    ``id``: "input/{pos}", "head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}" or "logit".
+    ``kind``: "input" | "head" | "neuron" | "logit".
+    ``layer``: model layer; -1 for inputs, n_layers for the logit.
+    ``index``: head or neuron index; the token id for inputs and the logit (the target token).
+    ``pos``: the position the node writes to (heads: the query / destination position; logit: target pos).
+    ``src``: heads only: the source (key) position it reads; None otherwise.
+    ``token``: the token string at ``pos`` (heads: at ``src``; logit: the target token's string).
+    ``value``: total effect on the target logit (logit units; the logit node: the logit itself).
+    ``direct``: direct contribution to the logit through the frozen final norm (0 unless pos == target pos).
+    ``activation``: neuron post-activation, head attention weight pattern[q, k], logit for the logit, None
+        for inputs.
+    ``label``: the book's label for the unit (neurons and heads), or None.
+    """
+
+    id: str
+    kind: str
+    layer: int
+    index: int
+    pos: int
+    src: int | None
+    token: str
+    value: float
+    direct: float
+    activation: float | None
+    label: str | None = None
+
+    @property
+    def stage(self) -> int:
+        """Order in the forward: input 0, layer-l heads 2l+1, layer-l neurons 2l+2, logit 2*n_layers+1."""
+        return {"input": 0, "head": 2 * self.layer + 1, "neuron": 2 * self.layer + 2}.get(self.kind, 2 * self.layer + 1)
+
+    @property
+    def link(self) -> str | None:
+        """Where the web page for this unit lives ("/neuron/{layer}/{idx}", "/head/{layer}/{h}")."""
+        if self.kind == "neuron":
+            return f"/neuron/{self.layer}/{self.index}"
+        if self.kind == "head":
+            return f"/head/{self.layer}/{self.index}"
+        return None
+
+    @property
+    def title(self) -> str:
+        """A short human name: "L0 N123 @5", "L1 H3 7<-2", "' cat' @4", "logit ' dog' @9"."""
+        if self.kind == "neuron":
+            return f"L{self.layer} N{self.index} @{self.pos}"
+        if self.kind == "head":
+            return f"L{self.layer} H{self.index} {self.pos}<-{self.src}"
+        if self.kind == "input":
+            return f"{self.token!r} @{self.pos}"
+        return f"logit {self.token!r} @{self.pos}"
+
+
+@dataclasses.dataclass
+class Edge:
+    """``source`` -> ``target`` (node ids); ``weight`` in logit units (see the module docstring)."""
+
+    source: str
+    target: str
+    weight: float
+
+
+@dataclasses.dataclass
+class Graph:
+    """An attribution graph for one prompt and one target logit.
+
+    ``tokens``/``token_strs``: the prompt ids and their strings, in position order (BOS first if added).
+    ``pos``: the target position (non-negative); ``target``/``contrast``: token ids (contrast None unless a
+    logit difference). ``logit``: the forward pass's logit (or difference) — the logit node's value.
+    ``constants``: the direct constant terms (see :func:`direct_logit`); ``bias_flow``: every constant's
+    total effect (sum of input values + sum of bias_flow == logit, over ALL inputs, pruned or not).
+    ``nodes``: kept nodes ordered by layer (inputs, layer 0 heads, layer 0 neurons, ..., logit), then pos,
+    src, index. ``edges``: kept edges ordered by |weight| descending.
+    ``n_candidates``: nodes with nonzero value before pruning; ``settings``: the pruning options used.
+    """
+
+    model: str
+    tokens: list[int]
+    token_strs: list[str]
+    pos: int
+    target: int
+    target_str: str
+    contrast: int | None
+    contrast_str: str | None
+    logit: float
+    constants: dict[str, float]
+    bias_flow: dict[str, float]
+    nodes: list[Node]
+    edges: list[Edge]
+    n_layers: int
+    n_candidates: int
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def node(self, node_id: str) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def to_json(self) -> dict:
+        from .render import to_json
+
+        return to_json(self)
+
+    def to_svg(self, **kw) -> str:
+        from .render import to_svg
+
+        return to_svg(self, **kw)
+
+    def _repr_html_(self) -> str:
+        from .render import to_html
+
+        return to_html(self)
+
+
+@dataclasses.dataclass
+class DirectLogit:
+    """Direct contributions to one logit through the frozen final norm, at target position ``pos``.
+
+    ``input``: scalar, the input node at pos (the direct path W_E/W_pos -> W_U).
+    ``heads``: [n_layers, n_heads, n_pos] — head (l, h) at query pos from source k (zero for k > pos).
+    ``neurons``: [n_layers, d_mlp] — neuron (l, i) at pos.
+    ``constants``: {"b_U", "ln_final.b", "blocks.{l}.attn.b_O", "blocks.{l}.mlp.b_out"}: floats.
+    ``logit``: the forward's logit; ``total()`` == ``logit`` up to float rounding.
+    """
+
+    input: float
+    heads: Tensor
+    neurons: Tensor
+    constants: dict[str, float]
+    logit: float
+
+    def total(self) -> float:
+        return self.input + float(self.heads.double().sum() + self.neurons.double().sum()) + sum(self.constants.values())
+
+
+# --------------------------------------------------------------------------- inputs
+def _weights(model):
+    return model.weights if hasattr(model, "weights") else model
+
+
+def prompt_tokens(model, prompt: str | Sequence[int] | Tensor, bos: bool = True) -> Tensor:
+    """Prompt (text, id list or tensor [pos] / [1, pos]) -> int64 ids [pos] on the model's device."""
+    w = _weights(model)
+    if isinstance(prompt, str):
+        if getattr(model, "tokenizer", None) is None:
+            raise GraphError("this model has no tokenizer; pass token ids instead of text")
+        if not prompt:
+            raise GraphError("empty prompt")
+        toks = model.to_tokens(prompt, bos=bos)[0]
+    else:
+        toks = torch.as_tensor(prompt, dtype=torch.long).flatten() if not isinstance(prompt, Tensor) \
+            else prompt.flatten().long()
+    if toks.numel() == 0:
+        raise GraphError("empty prompt (no tokens)")
+    if int(toks.min()) < 0 or int(toks.max()) >= w.cfg.d_vocab:
+        raise GraphError(f"token ids must lie in [0, {w.cfg.d_vocab}); got {toks.min().item()}..{toks.max().item()}")
+    n_ctx = w.W_pos.shape[0] if w.W_pos is not None else w.cfg.n_ctx
+    if toks.numel() > n_ctx:
+        raise GraphError(f"prompt has {toks.numel()} tokens; the model takes at most {n_ctx}")
+    return toks.to(w.device)
+
+
+def resolve_token(model, token: int | str, what: str = "target") -> int:
+    """A token id, or a string that encodes to exactly one token (GPT-2 tokens usually start with a space)."""
+    w = _weights(model)
+    if isinstance(token, str):
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise GraphError(f"{what} {token!r}: this model has no tokenizer; give a token id")
+        ids = tok.encode(token)
+        if len(ids) != 1:
+            raise GraphError(f"{what} {token!r} is {len(ids)} tokens {ids}, not one; give a single token "
+                             f"(GPT-2-style tokens usually start with a space, e.g. ' cat') or its id")
+        token = ids[0]
+    token = int(token)
+    if not 0 <= token < w.cfg.d_vocab:
+        raise GraphError(f"{what} token id {token} is outside the vocabulary [0, {w.cfg.d_vocab})")
+    return token
+
+
+def _token_str(model, i: int) -> str:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or i >= tok.vocab_size:
+        return f"<{i}>"
+    return tok.token_str(i)
+
+
+def _position(pos: int, n: int) -> int:
+    p = pos + n if pos < 0 else pos
+    if not 0 <= p < n:
+        raise GraphError(f"position {pos} is outside the prompt's {n} tokens")
+    return p
+
+
+# --------------------------------------------------------------------------- the frozen forward
+@dataclasses.dataclass
+class _Trace:
+    """Frozen quantities of one forward (float32, batch dropped). Per layer lists, positions first:
+    s1, s2 [pos, 1]; pattern [n_heads, q, k]; v [k, n_heads, d_head]; gamma, post [pos, d_mlp];
+    sf [pos, 1] (final norm scale); xf [d_model] (final normalized residual at the target pos)."""
+
+    s1: list[Tensor]
+    pattern: list[Tensor]
+    v: list[Tensor]
+    s2: list[Tensor]
+    post: list[Tensor]
+    gamma: list[Tensor]
+    sf: Tensor
+    xf: Tensor
+
+
+def _trace(w, tokens: Tensor, pos: int) -> _Trace:
+    from ..model.forward import run
+
+    L = w.cfg.n_layers
+    pre = "mlp.hook_pre_linear" if w.W_gate is not None else "mlp.hook_pre"
+    per = ("ln1.hook_scale", "attn.hook_pattern", "attn.hook_v", "ln2.hook_scale", pre, "mlp.hook_post")
+    taps = [f"blocks.{l}.{n}" for l in range(L) for n in per] + ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    c = {k: v[0].float() for k, v in run(w, tokens[None], taps).items()}
+    b = lambda l, n: c[f"blocks.{l}.{n}"]  # noqa: E731
+    gammas = []
+    for l in range(L):
+        lin, post = b(l, pre), b(l, "mlp.hook_post")
+        ok = lin.abs() > 1e-20  # post == gamma * lin; where lin is 0, post is 0 (gated) or act(0) == 0
+        gammas.append(torch.where(ok, post / torch.where(ok, lin, torch.ones_like(lin)), torch.zeros_like(lin)))
+    return _Trace(
+        s1=[b(l, "ln1.hook_scale") for l in range(L)], pattern=[b(l, "attn.hook_pattern") for l in range(L)],
+        v=[b(l, "attn.hook_v") for l in range(L)], s2=[b(l, "ln2.hook_scale") for l in range(L)],
+        post=[b(l, "mlp.hook_post") for l in range(L)], gamma=gammas,
+        sf=c["ln_final.hook_scale"], xf=c["ln_final.hook_normalized"][pos],
+    )
+
+
+def _P(x: Tensor, norm: str) -> Tensor:
+    """The norm's centering, applied to reading vectors (last axis): (x - mean x) . a == x . P(a)."""
+    return x - x.mean(-1, keepdim=True) if norm == "LN" else x
+
+
+def _f(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
+@dataclasses.dataclass
+class _Setup:
+    tokens: Tensor
+    pos: int
+    target: int
+    contrast: int | None
+    u: Tensor  # [d_model] unembedding direction
+    u_bias: float
+    d: Tensor  # [d_model] reading vector of the logit through the frozen final norm
+    logit: float
+    trace: _Trace
+
+
+def _setup(model, prompt, target, pos, contrast) -> _Setup:
+    w = _weights(model)
+    tokens = prompt_tokens(model, prompt)
+    pos = _position(pos, tokens.numel())
+    trace = _trace(w, tokens, pos)
+    W_U, b_U = _f(w.W_U), _f(w.b_U)
+    if target is None:  # the model's own top prediction; one row of the unembedding, not all logits
+        target = int((trace.xf @ W_U + b_U).argmax())
+    target = resolve_token(model, target)
+    u, u_bias = W_U[:, target], b_U[target]
+    if contrast is not None:
+        contrast = resolve_token(model, contrast, "contrast")
+        if contrast == target:
+            raise GraphError(f"contrast token {contrast} is the target itself; the difference would be 0")
+        u, u_bias = u - W_U[:, contrast], u_bias - b_U[contrast]
+    logit = float(trace.xf @ u + u_bias)
+    d = _P(_f(w.lnf_w) * u, w.cfg.norm) / trace.sf[pos]
+    return _Setup(tokens, pos, target, contrast, u, float(u_bias), d, logit, trace)
+
+
+def direct_logit(model, prompt, target: int | str | None = None, pos: int = -1,
+                 contrast: int | str | None = None) -> DirectLogit:
+    """Exact direct contributions of every node at ``pos`` to the target logit (see :class:`DirectLogit`).
+
+    ``model``: a :class:`circuitbook.model.Model` (or bare Weights with token ids); ``target``: token id or
+    one-token string (None: the model's top prediction); ``contrast``: optional second token for a logit
+    difference.
+    """
+    w = _weights(model)
+    s = _setup(model, prompt, target, pos, contrast)
+    tr, p, d = s.trace, s.pos, s.d
+    heads, neurons = [], []
+    for l in range(w.cfg.n_layers):
+        ov = torch.einsum("hed,d->he", _f(w.W_O[l]), d)  # [n_heads, d_head]
+        heads.append(tr.pattern[l][:, p, :] * torch.einsum("khe,he->hk", tr.v[l], ov))
+        neurons.append(tr.post[l][p] * (_f(w.W_out[l]) @ d))
+    e = _f(w.W_E[s.tokens[p]]) + (_f(w.W_pos[p]) if w.W_pos is not None else 0.0)
+    return DirectLogit(input=float(e @ d), heads=torch.stack(heads), neurons=torch.stack(neurons),
+                       constants=_direct_constants(w, s), logit=s.logit)
+
+
+# --------------------------------------------------------------------------- backward through the frozen model
+@dataclasses.dataclass
+class _Backward:
+    """Per layer (positions first): g_mid [pos, d_model] (gradient just after attention, before the MLP),
+    g_post [pos, d_model] (after the MLP); y [n_heads, q, d_head] = g_mid[q] @ W_O[h]^T;
+    a [pos, d_mlp] = g_post @ W_out^T; g_in [pos, d_model] gradient at the embeddings.
+    Values: inputs [pos]; heads [n_heads, q, k]; neurons [pos, d_mlp]."""
+
+    g_mid: list[Tensor]
+    g_post: list[Tensor]
+    y: list[Tensor]
+    a: list[Tensor]
+    g_in: Tensor
+    v_inputs: Tensor
+    v_heads: list[Tensor]
+    v_neurons: list[Tensor]
+    bias_flow: dict[str, float]
+
+
+def _embed(w, tokens: Tensor) -> Tensor:
+    """Input node outputs [pos, d_model]: W_E[tok] + W_pos[pos]."""
+    e = _f(w.W_E[tokens])
+    if w.W_pos is not None:
+        e = e + _f(w.W_pos[: tokens.numel()])
+    return e
+
+
+def _backward(w, s: _Setup) -> _Backward:
+    cfg, tr = w.cfg, s.trace
+    T = s.tokens.numel()
+    g = torch.zeros(T, cfg.d_model, device=s.d.device)
+    g[s.pos] = s.d
+    flow = {"b_U": s.u_bias, "ln_final.b": float(_f(w.lnf_b) @ s.u)}
+    g_mid, g_post, ys, As, vh, vn = [None] * cfg.n_layers, [None] * cfg.n_layers, [None] * cfg.n_layers, \
+        [None] * cfg.n_layers, [None] * cfg.n_layers, [None] * cfg.n_layers
+    for l in reversed(range(cfg.n_layers)):
+        # MLP: resid_post = resid_mid + sum_i gamma_i * (LN2(resid_mid) @ W_in[:, i] + b_in[i]) * W_out[i] + b_out
+        g_post[l] = g
+        a = g @ _f(w.W_out[l]).T  # [pos, d_mlp]
+        vn[l] = tr.post[l] * a
+        ga = tr.gamma[l] * a
+        raw = ga @ _f(w.W_in[l]).T  # [pos, d_model]
+        flow[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ g.sum(0))
+        flow[f"blocks.{l}.mlp.b_in"] = float((ga * _f(w.b_in[l])).sum())
+        flow[f"blocks.{l}.ln2.b"] = float(_f(w.ln2_b[l]) @ raw.sum(0))
+        g = g + _P(raw * _f(w.ln2_w[l]), cfg.norm) / tr.s2[l]
+        # attention: resid_mid = resid_pre + sum_{h,k} pattern[h,q,k] * (LN1(resid_pre[k]) @ W_V[h] + b_V[h]) @ W_O[h] + b_O
+        g_mid[l] = g
+        y = torch.einsum("qd,hed->hqe", g, _f(w.W_O[l]))  # [n_heads, q, d_head]
+        ys[l] = y
+        vh[l] = tr.pattern[l] * torch.einsum("khe,hqe->hqk", tr.v[l], y)
+        t = torch.einsum("hqk,hqe->hke", tr.pattern[l], y)  # what each source position's value must carry
+        raw = torch.einsum("hke,hde->kd", t, _f(w.W_V[l]))
+        flow[f"blocks.{l}.attn.b_O"] = float(_f(w.b_O[l]) @ g.sum(0))
+        flow[f"blocks.{l}.attn.b_V"] = float(torch.einsum("hke,he->", t, _f(w.b_V[l])))
+        flow[f"blocks.{l}.ln1.b"] = float(_f(w.ln1_b[l]) @ raw.sum(0))
+        g = g + _P(raw * _f(w.ln1_w[l]), cfg.norm) / tr.s1[l]
+        As[l] = a
+    v_in = (_embed(w, s.tokens) * g).sum(-1)
+    return _Backward(g_mid, g_post, ys, As, g, v_in, vh, vn, flow)
+
+
+# --------------------------------------------------------------------------- the graph
+def _label_map(labels) -> dict[tuple[str, int, int], str]:
+    """Accept {(kind, layer, idx): label} or an iterable of objects with .kind/.layer/.idx/.label
+    (``book.labelled()``)."""
+    if labels is None:
+        return {}
+    if isinstance(labels, Mapping):
+        return {(str(k[0]), int(k[1]), int(k[2])): str(v) for k, v in labels.items() if v}
+    return {(u.kind, int(u.layer), int(u.idx)): u.label for u in labels if getattr(u, "label", None)}
+
+
+def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
+              contrast: int | str | None = None, max_nodes: int | None = 40, max_edges: int | None = 150,
+              node_threshold: float = 0.0, edge_threshold: float = 0.0, labels=None) -> Graph:
+    """The attribution graph of ``logit[pos, target]`` (minus ``logit[pos, contrast]``) for ``prompt``.
+
+    ``model``: a loaded :class:`circuitbook.model.Model`. ``prompt``: text (BOS is prepended) or token ids.
+    ``target``: token id or one-token string; None picks the model's top prediction at ``pos``.
+    ``max_nodes`` / ``max_edges``: budgets (None: keep everything with nonzero value / weight);
+    ``node_threshold`` / ``edge_threshold``: minimum |value| / |weight| in logit units.
+    ``labels``: {(kind, layer, idx): label} or ``book.labelled()``; kept nodes carry them.
+    See the module docstring for what values and weights mean and which sums are exact.
+    """
+    w = _weights(model)
+    cfg = w.cfg
+    s = _setup(model, prompt, target, pos, contrast)
+    bw = _backward(w, s)
+    tr, T, L, H = s.trace, s.tokens.numel(), cfg.n_layers, cfg.n_heads
+    toks = [int(t) for t in s.tokens.tolist()]
+    strs = [_token_str(model, t) for t in toks]
+    lab = _label_map(labels)
+
+    # ---- choose nodes: all candidate values in one flat vector (inputs, then per layer heads, neurons)
+    groups = [("input", -1, bw.v_inputs)]
+    for l in range(L):
+        groups += [("head", l, bw.v_heads[l]), ("neuron", l, bw.v_neurons[l])]
+    flat = torch.cat([v.flatten() for _, _, v in groups]).abs()
+    live = flat > 0
+    if node_threshold > 0:
+        live &= flat >= node_threshold
+    n_candidates = int((flat > 0).sum())
+    idx = live.nonzero()[:, 0]
+    if max_nodes is not None and idx.numel() > max_nodes:
+        idx = idx[flat[idx].topk(max_nodes).indices]
+    offsets, o = [], 0
+    for _, _, v in groups:
+        offsets.append(o)
+        o += v.numel()
+
+    d_dir = s.d
+    nodes: list[Node] = []
+    outs, reads = [], []  # per node: (write pos, stage, out vec) / (read pos, stage, reading vec)
+    W_E_rows = _embed(w, s.tokens)
+    for j in sorted(idx.tolist()):
+        gi = max(i for i in range(len(groups)) if offsets[i] <= j)
+        kind, l, vals = groups[gi]
+        r = j - offsets[gi]
+        if kind == "input":
+            k = r
+            out = W_E_rows[k]
+            nodes.append(Node(f"input/{k}", "input", -1, toks[k], k, None, strs[k], float(vals[k]),
+                              float(out @ d_dir) if k == s.pos else 0.0, None))
+            outs.append((k, 0, out))
+            reads.append(None)
+            continue
+        if kind == "head":
+            h, q, k = r // (T * T), (r // T) % T, r % T
+            patt = tr.pattern[l][h, q, k]
+            out = patt * (tr.v[l][k, h] @ _f(w.W_O[l, h]))
+            rv = patt * _P(_f(w.ln1_w[l]) * (_f(w.W_V[l, h]) @ bw.y[l][h, q]), cfg.norm) / tr.s1[l][k]
+            nodes.append(Node(f"head/{l}/{h}/{q}/{k}", "head", l, h, q, k, strs[k], float(vals[h, q, k]),
+                              float(out @ d_dir) if q == s.pos else 0.0, float(patt),
+                              lab.get(("head", l, h))))
+            outs.append((q, 2 * l + 1, out))
+            reads.append((k, 2 * l + 1, rv))
+            continue
+        q, i = r // cfg.d_mlp, r % cfg.d_mlp
+        out = tr.post[l][q, i] * _f(w.W_out[l, i])
+        rv = tr.gamma[l][q, i] * bw.a[l][q, i] * _P(_f(w.ln2_w[l]) * _f(w.W_in[l][:, i]), cfg.norm) / tr.s2[l][q]
+        nodes.append(Node(f"neuron/{l}/{i}/{q}", "neuron", l, i, q, None, strs[q], float(vals[q, i]),
+                          float(out @ d_dir) if q == s.pos else 0.0, float(tr.post[l][q, i]),
+                          lab.get(("neuron", l, i))))
+        outs.append((q, 2 * l + 2, out))
+        reads.append((q, 2 * l + 2, rv))
+    tgt_str = _token_str(model, s.target)
+    nodes.append(Node("logit", "logit", L, s.target, s.pos, None, tgt_str, s.logit, s.logit, s.logit))
+    outs.append(None)
+    reads.append((s.pos, 2 * L + 1, d_dir))
+
+    # ---- edges among kept nodes: weight = out_s . r_t where s writes where t reads, earlier in the model
+    edges: list[Edge] = []
+    src = [i for i, o in enumerate(outs) if o is not None]
+    dst = [i for i, r in enumerate(reads) if r is not None]
+    if src and dst:
+        O = torch.stack([outs[i][2] for i in src])
+        R = torch.stack([reads[i][2] for i in dst])
+        W = O @ R.T
+        dev = W.device
+        wp = torch.tensor([outs[i][0] for i in src], device=dev)[:, None]
+        ws = torch.tensor([outs[i][1] for i in src], device=dev)[:, None]
+        rp = torch.tensor([reads[i][0] for i in dst], device=dev)[None]
+        rs = torch.tensor([reads[i][1] for i in dst], device=dev)[None]
+        W = torch.where((wp == rp) & (ws < rs), W, torch.zeros_like(W))
+        aw = W.abs().flatten()
+        keep = (aw > 0) & (aw >= edge_threshold) if edge_threshold > 0 else aw > 0
+        eidx = keep.nonzero()[:, 0]
+        eidx = eidx[aw[eidx].argsort(descending=True)]
+        if max_edges is not None:
+            eidx = eidx[:max_edges]
+        for e in eidx.tolist():
+            a, b = divmod(e, len(dst))
+            edges.append(Edge(nodes[src[a]].id, nodes[dst[b]].id, float(W[a, b])))
+
+    nodes.sort(key=lambda n: (n.stage, n.pos, -1 if n.src is None else n.src, n.index))
+    return Graph(
+        model=str(getattr(model, "source", "")), tokens=toks, token_strs=strs, pos=s.pos, target=s.target,
+        target_str=tgt_str, contrast=s.contrast,
+        contrast_str=_token_str(model, s.contrast) if s.contrast is not None else None,
+        logit=s.logit, constants=_direct_constants(w, s), bias_flow=bw.bias_flow, nodes=nodes, edges=edges, n_layers=L,
+        n_candidates=n_candidates,
+        settings=dict(max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
+                      edge_threshold=edge_threshold),
+    )
+
+
+def _direct_constants(w, s: _Setup) -> dict[str, float]:
+    consts = {"b_U": s.u_bias, "ln_final.b": float(_f(w.lnf_b) @ s.u)}
+    for l in range(w.cfg.n_layers):
+        consts[f"blocks.{l}.attn.b_O"] = float(_f(w.b_O[l]) @ s.d)
+        consts[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ s.d)
+    return consts
