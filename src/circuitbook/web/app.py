@@ -20,7 +20,6 @@ writes refuse a cross-origin ``Origin``; path parameters are validated (bad kind
 from __future__ import annotations
 
 import json
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from ..book import Book
 from ..errors import CircuitbookError
 from .pages import NotFound, Site, parse_unit
+from .prompt import PromptQuery, PromptRunner
 
 STATIC_FILES = {"style.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -57,7 +57,7 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
         book = Book.open(book, create=False)
     site = Site(book, model=model)
     static = _static_bytes()
-    model_lock = threading.Lock()  # one forward at a time: the CPU is shared, and it keeps latency flat
+    runner = PromptRunner(model, book) if model is not None else None
     app = FastAPI(title="circuitbook", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.site = site
 
@@ -164,9 +164,52 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
             return RedirectResponse(site.unit_url(kind, layer, idx), 303)
         return await run_in_threadpool(_unit_json, kind, layer, idx)
 
+    # ------------------------------------------------------------------ prompt page and graph export
+    def _query(request: Request) -> PromptQuery:
+        if runner is None:
+            raise NotFound("the prompt page needs a model: restart with circuitbook serve BOOK --model MODEL")
+        p = request.query_params
+
+        def num(name: str, default: int) -> int:
+            v = p.get(name, "")
+            try:
+                return int(v) if v.strip() else default
+            except ValueError:
+                raise CircuitbookError(f"{name} must be an integer, not {v[:40]!r}") from None
+
+        tid = p.get("target_id", "")
+        q = PromptQuery(text=p.get("text", ""), target=p.get("target", ""),
+                        target_id=num("target_id", 0) if tid.strip() else None, pos=num("pos", -1),
+                        nodes=num("nodes", 40), edges=num("edges", 150), ablate=tuple(p.getlist("ablate")),
+                        mode=p.get("mode", "zero"))
+        return q
+
+    @app.get("/prompt", response_class=HTMLResponse)
+    def prompt_page(request: Request):
+        html, status = site.prompt_page(_query(request), runner)
+        return HTMLResponse(html, status)
+
+    @app.get("/api/graph.json")
+    def graph_json(request: Request):
+        q = _query(request)
+        q.check()
+        if not q.text:
+            raise CircuitbookError("text (the prompt) is required")
+        return JSONResponse(runner.graph(q).to_json(),
+                            headers={"Content-Disposition": 'attachment; filename="graph.json"'})
+
+    @app.get("/api/graph.svg")
+    def graph_svg(request: Request):
+        q = _query(request)
+        q.check()
+        if not q.text:
+            raise CircuitbookError("text (the prompt) is required")
+        return Response(runner.graph(q).to_svg(), media_type="image/svg+xml",
+                        headers={"Content-Disposition": 'attachment; filename="graph.svg"'})
+
     @app.get("/{kind}/{layer}/{idx}", response_class=HTMLResponse)
     def unit_page(kind: str, layer: str, idx: str):
         return site.unit_page(kind, layer, idx)
 
-    app.state.model_lock = model_lock
+    app.state.runner = runner
     return app

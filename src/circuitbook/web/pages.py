@@ -59,6 +59,7 @@ class Site:
         self.title = title or book.path.name
         self.env = Environment(loader=PackageLoader("circuitbook.web", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
+        self.env.filters["tok"] = lambda t: json.dumps(str(t), ensure_ascii=False)  # quoted; autoescaped after
         self._rows: list[Row] | None = None
 
     # ------------------------------------------------------------------ links
@@ -147,6 +148,32 @@ class Site:
         return self._page("unit.html", 2, unit=unit, sections=sections, statuses=STATUSES, history=history,
                           prev_url=prev_url, next_url=next_url,
                           api=f"/api/unit/{kind}/{layer}/{idx}")
+
+    # ------------------------------------------------------------------ prompt page
+    def prompt_page(self, q, runner) -> tuple[str, int]:
+        """(HTML, status) of the prompt page for query ``q`` (a ``prompt.PromptQuery``); bad input (a
+        target that is not one token, a position outside the prompt...) shows on the page with 400."""
+        from urllib.parse import urlencode
+
+        graph = preds = ablation = None
+        error, status = None, 200
+        if q.text:
+            try:
+                q.check()
+                preds = runner.predictions(q)
+                graph = runner.graph(q)
+                if q.ablate:
+                    ablation = runner.ablation(q, graph.target, graph.pos)
+            except CircuitbookError as e:
+                error, status = str(e), 400
+        svg = Markup(graph.to_svg(link=lambda n: n.link)) if graph is not None else None
+        base = q.params(ablate=())
+        return self._page(
+            "prompt.html", 0, q=q, graph=graph, preds=preds, ablation=ablation, error=error, svg=svg,
+            query=urlencode(q.params()), query_no_ablate=urlencode(base),
+            base_params=[(k, v) for k, v in base if k != "mode"],
+            pred_link=lambda pos, tid: urlencode(q.params(pos=pos, target_id=tid, target="", ablate=())),
+        ), status
 
     # ------------------------------------------------------------------ errors
     def error_page(self, status: int, message: str) -> str:

@@ -58,3 +58,16 @@
     filters.addEventListener("change", apply);
   }
 })();
+
+// Prompt page: right-click a graph node to ablate it (re-runs the model with that node knocked out).
+(function () {
+  "use strict";
+  var graph = document.getElementById("graph");
+  if (!graph) return;
+  graph.addEventListener("contextmenu", function (ev) {
+    var node = ev.target.closest(".cb-node");
+    if (!node || node.classList.contains("cb-logit")) return;
+    ev.preventDefault();
+    window.location.href = graph.getAttribute("data-ablate-base") + "&ablate=" + encodeURIComponent(node.getAttribute("data-id"));
+  });
+})();
