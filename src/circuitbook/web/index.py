@@ -64,8 +64,31 @@ def index_rows(book: Book) -> list[Row]:
     return list(rows.values())
 
 
+def _circuits_summary(book: Book) -> dict:
+    """Heads: copying / previous-token / induction scores; neurons: the tokens they promote most."""
+    from ..book import circuits as c
+
+    out: dict[tuple[str, int, int], dict] = {}
+    names = {"ov_copying": "copying", "previous_token": "prev-tok", "induction": "induction"}
+    for (l, h), sc in c.head_scores(book).items():
+        out[("head", l, h)] = {"stats": {short: sc[n] for n, short in names.items() if sc.get(n) is not None}}
+    cfg = book.config
+    if cfg is not None:
+        for l in range(cfg["n_layers"]):
+            for i in range(cfg["d_mlp"]):
+                e = c.neuron_output_effect(book, l, i, k=5)
+                if e is not None:
+                    out[("neuron", l, i)] = {"top_tokens": e.top.strs}
+    return out
+
+
+# component name -> fn(book) -> {(kind, layer, idx): {"type", "cls", "stats", "top_tokens"}}
+SUMMARIES = {"circuits": _circuits_summary}
+
+
 def _component_summaries(book: Book) -> list[dict]:
-    return []
+    present = book.schema_versions()
+    return [fn(book) for name, fn in SUMMARIES.items() if name in present]
 
 
 LABEL_FILTERS = ("any", "labelled", "unlabelled", "hypothesis", "supported", "refuted", "confirmed")
