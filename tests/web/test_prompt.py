@@ -49,7 +49,7 @@ def test_graph_json_matches_the_graph_stage_and_carries_labels(client, book, ts1
 def test_prompt_page_predictions_and_target(client, ts1l):
     r = client.get("/prompt", params={"text": PROMPT, "target": " was", "pos": "-1"})
     assert r.status_code == 200
-    assert "Attribution graph of logit[&#34; was&#34;] at position 13" in r.text
+    assert "Attribution graph of logit[&#34; was&#34;] at position 14" in r.text
     preds = predict(ts1l, PROMPT)
     rows = re.findall(r"<tr(?: class=\"current\")?><td>(\d+)</td>", r.text)
     assert [int(x) for x in rows] == list(range(len(preds)))
