@@ -49,8 +49,9 @@ heads < layer-l neurons < layer-(l+1) heads ...). With no pruning, edges conserv
 ``sum_t w(s -> t) == value(s)`` and ``sum_s w(s -> t) + (t's bias in-flow) == value(t)``. All edge
 weights and values are in logit units.
 
-Pruning keeps the logit node plus the ``max_nodes`` nodes of largest |value| (>= ``node_threshold``),
-then the ``max_edges`` edges among them of largest |weight| (>= ``edge_threshold``).
+Pruning keeps the logit node plus the ``max_nodes`` nodes of largest |value| (>= ``node_threshold``;
+with ``keep_inputs`` every input token too), then the ``max_edges`` edges among them of largest
+|weight| (>= ``edge_threshold``).
 """
 
 from __future__ import annotations
@@ -444,13 +445,15 @@ def _label_map(labels) -> dict[tuple[str, int, int], str]:
 
 def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
               contrast: int | str | None = None, max_nodes: int | None = 40, max_edges: int | None = 150,
-              node_threshold: float = 0.0, edge_threshold: float = 0.0, labels=None) -> Graph:
+              node_threshold: float = 0.0, edge_threshold: float = 0.0, keep_inputs: bool = False,
+              labels=None) -> Graph:
     """The attribution graph of ``logit[pos, target]`` (minus ``logit[pos, contrast]``) for ``prompt``.
 
     ``model``: a loaded :class:`circuitbook.model.Model`. ``prompt``: text (BOS is prepended) or token ids.
     ``target``: token id or one-token string; None picks the model's top prediction at ``pos``.
     ``max_nodes`` / ``max_edges``: budgets (None: keep everything with nonzero value / weight);
     ``node_threshold`` / ``edge_threshold``: minimum |value| / |weight| in logit units.
+    ``keep_inputs``: also keep every input token (beyond the budget), so the prompt forms the bottom row.
     ``labels``: {(kind, layer, idx): label} or ``book.labelled()``; kept nodes carry them.
     See the module docstring for what values and weights mean and which sums are exact.
     """
@@ -475,6 +478,8 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
     idx = live.nonzero()[:, 0]
     if max_nodes is not None and idx.numel() > max_nodes:
         idx = idx[flat[idx].topk(max_nodes).indices]
+    if keep_inputs:  # the whole prompt as the bottom row, whatever its values
+        idx = torch.cat([idx, torch.arange(T, device=idx.device)]).unique()
     offsets, o = [], 0
     for _, _, v in groups:
         offsets.append(o)
@@ -552,7 +557,7 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
         logit=s.logit, constants=_direct_constants(w, s), bias_flow=bw.bias_flow, nodes=nodes, edges=edges, n_layers=L,
         n_candidates=n_candidates,
         settings=dict(max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
-                      edge_threshold=edge_threshold),
+                      edge_threshold=edge_threshold, keep_inputs=keep_inputs),
     )
 
 

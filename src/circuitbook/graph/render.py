@@ -105,6 +105,7 @@ def _short(n: Node) -> str:
 
 
 def _tooltip(n: Node) -> str:
+    """Escaped tooltip text, one fact per line."""
     lines = [n.title]
     if n.label:
         lines.append(f"label: {n.label}")
@@ -113,7 +114,7 @@ def _tooltip(n: Node) -> str:
         lines.append(("attention " if n.kind == "head" else "activation ") + f"{n.activation:.4f}")
     if n.kind == "head":
         lines.append(f"source token {n.token!r}")
-    return "\n".join(lines)
+    return "\n".join(map(esc, lines))  # escaped line by line: real line breaks in the tooltip
 
 
 def _rows(g: Graph) -> list[tuple[str, list[Node]]]:
@@ -174,7 +175,7 @@ def to_svg(g: Graph, link: Callable[[Node], str | None] | None = None, node_w: i
         href = link(n)
         attrs = f'class="cb-node cb-{n.kind}" data-id="{esc(n.id)}" data-value="{n.value:.6g}"'
         out.append(f'<a href="{esc(href)}" xlink:href="{esc(href)}" {attrs}>' if href else f"<g {attrs}>")
-        out.append(f"<title>{esc(_tooltip(n))}</title>")
+        out.append(f"<title>{_tooltip(n)}</title>")
         w = node_w - 8
         if n.kind == "neuron":
             out.append(f'<ellipse cx="{x:.1f}" cy="{y:.1f}" rx="{w / 2:.1f}" ry="{nh / 2}" fill="{fill}" stroke="{stroke}"/>')
