@@ -408,10 +408,13 @@ def _backward(w, s: _Setup) -> _Backward:
     for l in reversed(range(cfg.n_layers)):
         # MLP: resid_post = resid_mid + sum_i gamma_i * (LN2(resid_mid) @ W_in[:, i] + b_in[i]) * W_out[i] + b_out
         g_post[l] = g
-        a = g @ _f(w.W_out[l]).T  # [pos, d_mlp]
+        live = g.any(-1)  # the last layer only matters at the target position: skip the other rows
+        a = torch.zeros(T, cfg.d_mlp, device=g.device)
+        a[live] = g[live] @ _f(w.W_out[l]).T  # [pos, d_mlp]
         vn[l] = tr.post[l] * a
         ga = tr.gamma[l] * a
-        raw = ga @ _f(w.W_in[l]).T  # [pos, d_model]
+        raw = torch.zeros_like(g)
+        raw[live] = ga[live] @ _f(w.W_in[l]).T  # [pos, d_model]
         flow[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ g.sum(0))
         flow[f"blocks.{l}.mlp.b_in"] = float((ga * _f(w.b_in[l])).sum())
         flow[f"blocks.{l}.ln2.b"] = float(_f(w.ln2_b[l]) @ raw.sum(0))

@@ -1,0 +1,70 @@
+"""circuitbook graph MODEL "prompt": attribution graph of one predicted token (print, --json, --svg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CircuitbookError
+from ._common import add_model_args, load
+
+
+def register(sub) -> None:
+    p = sub.add_parser("graph", help="attribution graph for a prompt's next token (exact logit decomposition)",
+                       description=__doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("prompt", help="prompt text (the BOS token is prepended)")
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--token", help="target token as text, e.g. ' was' (default: the model's top prediction)")
+    t.add_argument("--token-id", type=int, help="target token id")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--contrast", help="attribute logit(token) - logit(contrast) instead")
+    c.add_argument("--contrast-id", type=int, help="contrast token id")
+    p.add_argument("--pos", type=int, default=-1, help="target position (default -1: the last token)")
+    p.add_argument("--nodes", type=int, default=40, help="keep this many nodes by |value| (default 40)")
+    p.add_argument("--edges", type=int, default=150, help="keep this many edges by |weight| (default 150)")
+    p.add_argument("--keep-inputs", action="store_true", help="keep every input token as a node")
+    p.add_argument("--book", help="book to read unit labels from")
+    p.add_argument("--json", help="write the graph as JSON here")
+    p.add_argument("--svg", help="write the graph as SVG here")
+    p.add_argument("--ablate", nargs="+", metavar="NODE", help="also ablate these node ids (e.g. head/0/9/14/13) "
+                                                               "together and print the change")
+    p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..graph import ablate, attribute
+
+    if args.nodes < 1 or args.edges < 0:
+        raise CircuitbookError("--nodes must be >= 1 and --edges >= 0")
+    labels = None
+    if args.book:
+        if not Path(args.book).is_file():
+            raise CircuitbookError(f"book {args.book} does not exist")
+        from ..book import Book
+
+        labels = Book.open(args.book, create=False, readonly=True).labelled()
+    model = load(args)
+    target = args.token_id if args.token_id is not None else args.token
+    contrast = args.contrast_id if args.contrast_id is not None else args.contrast
+    g = attribute(model, args.prompt, target, pos=args.pos, contrast=contrast, max_nodes=args.nodes,
+                  max_edges=args.edges, keep_inputs=args.keep_inputs, labels=labels)
+    what = f"logit[{g.target_str!r}]" + (f" - logit[{g.contrast_str!r}]" if g.contrast is not None else "")
+    print(f"{what} at position {g.pos} (after {g.token_strs[g.pos]!r}) = {g.logit:.4f}")
+    print(f"{len(g.nodes) - 1} of {g.n_candidates} nodes, {len(g.edges)} edges; "
+          f"direct constants {sum(g.constants.values()):+.4f}")
+    print(f"{'node':24s} {'value':>9s} {'direct':>9s}  label")
+    for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
+        print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(g.to_json(), indent=1))
+        print(f"wrote {args.json}")
+    if args.svg:
+        Path(args.svg).write_text(g.to_svg())
+        print(f"wrote {args.svg}")
+    if args.ablate:
+        r = ablate(model, args.prompt, args.ablate, g.target, pos=g.pos, contrast=g.contrast, mode=args.mode)
+        print(f"ablating {', '.join(r.ablations)} ({r.mode}): {r.logit_before:.4f} -> {r.logit_after:.4f} "
+              f"(delta {r.delta:+.4f}); now predicts " + ", ".join(f"{s!r} {p:.3f}" for _, s, p, _ in r.top_after))
+    return 0
