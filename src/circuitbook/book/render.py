@@ -158,6 +158,39 @@ def heatmap_svg(tokens: Sequence[str], pattern: Sequence[Sequence[float]], cell:
     return "".join(parts) + "</svg>"
 
 
+def attention_rows_svg(rows: Sequence[tuple[Sequence[str], Sequence[float], int]], cell_w: int = 44,
+                       cell_h: int = 16, title: str = "") -> str:
+    """Attention on examples as a heat map: one row per example, the query (focus) token in the right-most
+    column and its keys to the left, aligned by offset (query - key); shade = attention weight, token
+    text in the cell, exact weight on hover. rows: (token strings [w], attention [w] from the query to
+    each window token (NaN / None after the query), focus index)."""
+    rows = [r for r in rows if 0 <= r[2] < len(r[0])]
+    if not rows:
+        return "<i>(no examples)</i>"
+    span = max(r[2] for r in rows) + 1  # columns: offsets span-1 .. 0
+    lab = 30
+    w, h = lab + span * cell_w, 14 + len(rows) * cell_h
+    out = [f"<svg class='cb-attn' width='{w}' height='{h}' viewBox='0 0 {w} {h}' role='img' "
+           f"aria-label='{esc(title or 'attention on examples')}'>"]
+    for c in range(span):
+        off = span - 1 - c
+        out.append(f"<text x='{lab + c * cell_w + cell_w / 2}' y='10' text-anchor='middle' class='axis'>"
+                   f"{'q' if off == 0 else '-' + str(off)}</text>")
+    for i, (toks, att, focus) in enumerate(rows):
+        y = 14 + i * cell_h
+        out.append(f"<text x='{lab - 4}' y='{y + cell_h - 4}' text-anchor='end' class='axis'>{i + 1}</text>")
+        for k in range(focus + 1):
+            x = lab + (span - 1 - (focus - k)) * cell_w
+            a = att[k] if k < len(att) else None
+            a = a if a is not None and math.isfinite(a) else 0.0
+            tip = esc(f"{toks[focus]!r} -> {toks[k]!r} (offset {focus - k}): {a:.3f}")
+            stroke = " stroke='#333'" if k == focus else ""
+            out.append(f"<g><title>{tip}</title><rect x='{x}' y='{y}' width='{cell_w - 1}' height='{cell_h - 1}' "
+                       f"fill='rgba(200,40,40,{min(1.0, max(0.0, a)):.3f})'{stroke}/>"
+                       f"<text x='{x + 2}' y='{y + cell_h - 4}'>{show_token(toks[k][:7])}</text></g>")
+    return "".join(out) + "</svg>"
+
+
 def bars_html(rows: Iterable[tuple[str, float]], title: str = "", sign: bool = True) -> str:
     """A two-column table of (token or name, value) with a proportional bar; strings are escaped."""
     rows = list(rows)
@@ -422,7 +455,7 @@ STYLE = """<style>
 .cb-unit{font-family:system-ui,sans-serif;font-size:13px}
 .cb-text{font-family:ui-monospace,monospace;white-space:pre-wrap}
 .cb-text .tok{border-radius:2px}.cb-text .tok.mark{outline:1px solid #333}
-.cb-hist rect{fill:#4a7bd0}.cb-hist text,.cb-heat text{font-size:9px;font-family:monospace}
+.cb-hist rect{fill:#4a7bd0}.cb-hist text,.cb-heat text,.cb-attn text{font-size:9px;font-family:monospace}
 .cb-hist .zero{stroke:#999;stroke-dasharray:2}
 .cb-bars td.num{text-align:right;font-family:monospace}.cb-bars .barcell{width:120px}
 .cb-bars .bar{display:inline-block;height:8px;background:#e8903a}.cb-bars .bar.neg{background:#4a7bd0}

@@ -9,6 +9,7 @@ index page's filters (the same ones the page's JavaScript applies in the static 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Iterable
 
 from ..book import Book
@@ -82,13 +83,53 @@ def _circuits_summary(book: Book) -> dict:
     return out
 
 
+def _scan_summary(book: Book) -> dict:
+    """Neurons: max activation, fire rate and their top tokens by mean activation; heads: attention to
+    BOS / previous token and entropy (the scan's own bulk query ``unit_table`` and ``token_means``)."""
+    from ..book import scan as s
+
+    out: dict[tuple[str, int, int], dict] = {}
+    for r in s.unit_table(book, "neuron"):
+        l, i = r["layer"], r["idx"]
+        stats = {k: r[v] for k, v in (("max", "max"), ("fire %", "fire_rate")) if r[v] is not None}
+        if "fire %" in stats:
+            stats["fire %"] *= 100
+        out[("neuron", l, i)] = {"stats": stats, "top_tokens": [t.token for t in s.token_means(book, l, i, k=5)]}
+    for r in s.unit_table(book, "head"):
+        out[("head", r["layer"], r["idx"])] = {"stats": {k: r[k] for k in ("bos", "prev", "entropy")
+                                                         if r[k] is not None}}
+    return out
+
+
 # component name -> fn(book) -> {(kind, layer, idx): {"type", "cls", "stats", "top_tokens"}}
-SUMMARIES = {"circuits": _circuits_summary}
+SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary}
+
+
+_CACHE: dict[str, tuple[tuple, list[dict]]] = {}
+
+
+def _file_signature(path) -> tuple:
+    """Changes whenever anything is committed to the book (the database file or its WAL)."""
+    sig = []
+    for p in (str(path), f"{path}-wal"):
+        try:
+            st = os.stat(p)
+            sig.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            sig.append(None)
+    return tuple(sig)
 
 
 def _component_summaries(book: Book) -> list[dict]:
+    """The summaries, recomputed only when the book file changed since the last call."""
+    sig = _file_signature(book.path)
+    hit = _CACHE.get(str(book.path))
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     present = book.schema_versions()
-    return [fn(book) for name, fn in SUMMARIES.items() if name in present]
+    out = [fn(book) for name, fn in SUMMARIES.items() if name in present]
+    _CACHE[str(book.path)] = (sig, out)
+    return out
 
 
 LABEL_FILTERS = ("any", "labelled", "unlabelled", "hypothesis", "supported", "refuted", "confirmed")
