@@ -158,3 +158,16 @@ def test_bad_input(ts1l, neo):
         attribute(neo, list(range(40)))
     with pytest.raises(CircuitbookError, match="tokenizer"):
         attribute(neo, "text needs a tokenizer")
+
+
+def test_labels_from_a_book(ts1l, tmp_path):
+    from circuitbook.book import Book
+
+    book = Book.open(tmp_path / "b.db")
+    book.bind_model(ts1l)
+    book.set_label("head", 0, 9, label="<copies '.'>")
+    book.set_label("neuron", 0, 5, label="unused")
+    g = attribute(ts1l, "Once upon a time, there was a little girl named Lily. She", max_nodes=5,
+                  labels=book.labelled())
+    assert [n.label for n in g.nodes if n.kind == "head" and n.index == 9] == ["<copies '.'>"]
+    assert all(n.label is None for n in g.nodes if not (n.kind == "head" and n.index == 9))
