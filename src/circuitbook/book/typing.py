@@ -1,0 +1,245 @@
+"""The typing stage's tables: token classes, per-token activation means, and each neuron's type with evidence.
+
+Tables
+  typing_token_classes (token_id PK, n, class, tag, counts)
+      how each vocabulary token is used in the corpus: n occurrences, dominant class (one of
+      ``typing.pos.CLASSES``), dominant fine tag, counts = JSON list of occurrences per class in CLASSES order.
+      Only tokens seen at least once. Meta ``typing_classes`` records the tagger, corpus hash, n_stories, n_tokens.
+  typing_token_acts (token_id PK, n, means)
+      mean activation of every neuron over the corpus positions holding the token (BOS excluded): ``means`` is
+      float32 little-endian [n_layers * d_mlp], unit order layer-major (unit = layer * d_mlp + idx). Universe
+      tokens only. Meta ``typing_acts`` records the corpus hash and universe size.
+  typing_units (layer, idx PK, type, rule, confidence, score, evidence)
+      the verdict for each neuron: type in syntax/content/mixed/unclear, rule ("PRON -> VERB" or ""),
+      confidence in [0, 1], score (-log10 q; ranks the strongest), evidence JSON (see typing.classify).
+      Meta ``typing_settings`` records the settings of the run that wrote them.
+
+Query API (the web and notebooks read these): ``token_classes``, ``unit_type``, ``unit_types``, ``rules``,
+``type_counts``, ``token_acts``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import numpy as np
+
+from .core import Book, Component, register_component
+
+MIGRATIONS = [
+    """
+    CREATE TABLE typing_token_classes (
+        token_id INTEGER PRIMARY KEY, n INTEGER NOT NULL, class TEXT NOT NULL, tag TEXT NOT NULL,
+        counts TEXT NOT NULL
+    );
+    CREATE TABLE typing_token_acts (token_id INTEGER PRIMARY KEY, n INTEGER NOT NULL, means BLOB NOT NULL);
+    CREATE TABLE typing_units (
+        layer INTEGER NOT NULL, idx INTEGER NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('syntax', 'content', 'mixed', 'unclear')),
+        rule TEXT NOT NULL DEFAULT '', confidence REAL NOT NULL, score REAL NOT NULL, evidence TEXT NOT NULL,
+        PRIMARY KEY (layer, idx)
+    );
+    CREATE INDEX typing_units_type ON typing_units (type, score);
+    """,
+]
+
+
+# ------------------------------------------------------------------ token classes
+def store_token_classes(book: Book, tc) -> None:
+    """Replace the cached token classes with ``tc`` (a typing.pos.TokenClasses)."""
+    from ..typing.pos import CLASSES
+
+    n = tc.n
+    dom = tc.dominant
+    rows = [(int(t), int(n[t]), CLASSES[dom[t]], tc.dominant_tag(int(t)) or "", json.dumps(tc.counts[t].tolist()))
+            for t in np.flatnonzero(n)]
+    with book.transaction() as c:
+        c.execute("DELETE FROM typing_token_classes")
+        c.executemany("INSERT INTO typing_token_classes VALUES (?, ?, ?, ?, ?)", rows)
+        book.set_meta("typing_classes", {**tc.source, "tag_counts": None}, c)
+        book.set_meta("typing_tag_counts", {str(k): v for k, v in tc.tag_counts.items()}, c)
+
+
+def load_token_classes(book: Book, d_vocab: int, source: dict | None = None):
+    """The cached TokenClasses, or None if absent or made from another corpus/tagger (``source`` keys that
+    must match, e.g. {"corpus": hash, "tagger": id})."""
+    from ..typing.pos import CLASSES, TokenClasses
+
+    meta = book.get_meta("typing_classes")
+    if meta is None or any(meta.get(k) != v for k, v in (source or {}).items()):
+        return None
+    counts = np.zeros((d_vocab, len(CLASSES)), dtype=np.int64)
+    for t, cnt in book.conn.execute("SELECT token_id, counts FROM typing_token_classes"):
+        if t < d_vocab:
+            counts[t] = json.loads(cnt)
+    tags = {int(k): v for k, v in (book.get_meta("typing_tag_counts") or {}).items()}
+    return TokenClasses(counts, tags, {k: v for k, v in meta.items() if k != "tag_counts"})
+
+
+def token_classes(book: Book, token_ids=None) -> dict[int, dict]:
+    """{token id: {"str", "n", "class", "tag", "profile": {class: share}}} for the given ids (default: all seen)."""
+    from ..typing.pos import CLASSES
+
+    strs = book.token_strs()
+    q = "SELECT token_id, n, class, tag, counts FROM typing_token_classes"
+    rows = book.conn.execute(q) if token_ids is None else (
+        r for t in token_ids for r in book.conn.execute(q + " WHERE token_id = ?", (int(t),)))
+    out = {}
+    for t, n, cls, tag, cnt in rows:
+        cnt = json.loads(cnt)
+        out[t] = {"str": strs[t] if t < len(strs) else f"<{t}>", "n": n, "class": cls, "tag": tag,
+                  "profile": {c: round(x / n, 4) for c, x in zip(CLASSES, cnt) if x}}
+    return out
+
+
+# ------------------------------------------------------------------ activation means
+def store_token_acts(book: Book, ids, counts, means: np.ndarray, source: dict) -> None:
+    """means [n_units, N] over universe ``ids`` [N] with ``counts`` [N]."""
+    m = np.ascontiguousarray(means.T.astype("<f4"))
+    with book.transaction() as c:
+        c.execute("DELETE FROM typing_token_acts")
+        c.executemany("INSERT INTO typing_token_acts VALUES (?, ?, ?)",
+                      ((int(t), int(n), m[i].tobytes()) for i, (t, n) in enumerate(zip(ids, counts))))
+        book.set_meta("typing_acts", source, c)
+
+
+def token_acts(book: Book, token_ids=None, source: dict | None = None):
+    """(ids [N], counts [N], means [n_units, N]) for the given tokens (default all stored), or None when the
+    book has none (or from another corpus: ``source`` keys that must match). Tokens not stored are left out."""
+    meta = book.get_meta("typing_acts")
+    if meta is None or any(meta.get(k) != v for k, v in (source or {}).items()):
+        return None
+    q = "SELECT token_id, n, means FROM typing_token_acts"
+    if token_ids is None:
+        rows = list(book.conn.execute(q + " ORDER BY token_id"))
+    else:
+        rows = [r for t in sorted(set(int(t) for t in token_ids))
+                for r in book.conn.execute(q + " WHERE token_id = ?", (t,))]
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0), None
+    ids = np.array([r[0] for r in rows])
+    counts = np.array([r[1] for r in rows], dtype=np.float64)
+    means = np.stack([np.frombuffer(r[2], dtype="<f4") for r in rows], 1)
+    return ids, counts, means
+
+
+# ------------------------------------------------------------------ unit types
+def store_types(book: Book, types, settings: dict) -> None:
+    """Replace every neuron's type with ``types`` (list of typing.classify.UnitType)."""
+    with book.transaction() as c:
+        c.execute("DELETE FROM typing_units")
+        c.executemany("INSERT INTO typing_units VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      ((t.layer, t.idx, t.type, t.rule, t.confidence, t.score, json.dumps(t.evidence))
+                       for t in types))
+        book.set_meta("typing_settings", settings, c)
+
+
+def _row(r, evidence: bool = True) -> dict:
+    d = {"layer": r[0], "idx": r[1], "type": r[2], "rule": r[3], "confidence": r[4], "score": r[5]}
+    if evidence:
+        d["evidence"] = json.loads(r[6])
+    return d
+
+
+def unit_type(book: Book, layer: int, idx: int) -> dict | None:
+    """{"layer", "idx", "type", "rule", "confidence", "score", "evidence"} for one neuron, or None."""
+    r = book.conn.execute("SELECT * FROM typing_units WHERE layer=? AND idx=?", (layer, idx)).fetchone()
+    return _row(r) if r else None
+
+
+def unit_types(book: Book, type: str | None = None, rule: str | None = None, limit: int | None = None,
+               evidence: bool = False) -> list[dict]:
+    """Typed neurons, strongest first (score desc), optionally filtered by type and/or exact rule."""
+    q, args = "SELECT * FROM typing_units WHERE 1=1", []
+    if type:
+        q, args = q + " AND type = ?", args + [type]
+    if rule:
+        q, args = q + " AND rule = ?", args + [rule]
+    q += " ORDER BY score DESC, layer, idx" + ("" if limit is None else f" LIMIT {int(limit)}")
+    return [_row(r, evidence) for r in book.conn.execute(q, args)]
+
+
+def type_counts(book: Book) -> dict[str, int]:
+    """{type: number of neurons} (all four types present, zeros included)."""
+    out = {t: 0 for t in ("syntax", "content", "mixed", "unclear")}
+    for t, n in book.conn.execute("SELECT type, count(*) FROM typing_units GROUP BY type"):
+        out[t] = n
+    return out
+
+
+def rules(book: Book) -> list[tuple[str, int]]:
+    """(rule, number of syntax or mixed neurons with it), most common first."""
+    return [(r, n) for r, n in book.conn.execute(
+        "SELECT rule, count(*) AS n FROM typing_units WHERE rule != '' GROUP BY rule ORDER BY n DESC, rule")]
+
+
+# ------------------------------------------------------------------ unit sections
+def read_unit(book: Book, kind: str, layer: int, idx: int) -> dict | None:
+    if kind != "neuron":
+        return None
+    try:
+        return unit_type(book, layer, idx)
+    except Exception:  # a book made before this component existed has no table yet when opened readonly
+        return None
+
+
+def _toks(toks) -> str:
+    e = html.escape
+    return " ".join(f"<code title='{e(str(t[3]))} {t[2]}'>{e(repr(t[1]) if t[1] is not None else str(t[0]))}</code>"
+                    for t in toks)
+
+
+def _classes(cls) -> str:
+    e = html.escape
+    return ", ".join(f"{'<b>' if c['significant'] else ''}{e(c['class'])}{'</b>' if c['significant'] else ''} "
+                     f"{c['k']}/{c['K']} (LOR {c['log_odds']:.2f}, q {c['q']:.2g})" for c in cls)
+
+
+def render_html(sec: dict, ctx: Any = None) -> str:
+    e = html.escape
+    ev = sec["evidence"]
+    con = ev["content"]
+    coh = con.get("coherence") or {}
+    parts = [f"<p><b>{e(sec['type'])}</b>{' ' + e(sec['rule']) if sec['rule'] else ''} "
+             f"(confidence {sec['confidence']:.3f})</p>",
+             f"<p>reads ({e(ev['input']['source'])}): {_toks(ev['input']['tokens'])}<br>"
+             f"classes: {_classes(ev['input']['classes'])}</p>",
+             f"<p>promotes: {_toks(ev['output']['tokens'])}<br>classes (shared tokens left out): "
+             f"{_classes(ev['output']['classes'])}</p>",
+             f"<p>content: {len(con['overlap'])} shared tokens (p {con['p_overlap']:.2g}), in/out embedding "
+             f"similarity z {coh.get('z') if coh.get('z') is not None else '-'}; q {con['q']:.2g}</p>"]
+    return "".join(parts)
+
+
+register_component(Component("typing", MIGRATIONS, read_unit=read_unit, render_html=render_html))
+
+
+# ------------------------------------------------------------------ summary and concept search over a book
+def summary(book: Book):
+    """The model table (typing.summary.Summary) of the stored types."""
+    from ..typing.classify import UnitType
+    from ..typing.summary import summarize
+
+    return summarize([UnitType(d["layer"], d["idx"], d["type"], d["rule"], d["confidence"], d["score"],
+                               d["evidence"]) for d in unit_types(book, evidence=True)])
+
+
+def find_concept(book: Book, model, words, corpus: str | None = None, k: int = 10, exact: bool = False,
+                 max_windows: int = 128):
+    """Concept search (typing.concepts.concept_search) with the book's corpus and typing universe.
+
+    corpus: stories file (default: the one recorded by ``circuitbook type``); without any corpus the input side
+    falls back to the book's per-token activation means."""
+    from pathlib import Path
+
+    from ..corpus import read_stories
+    from ..typing.concepts import concept_search
+
+    path = corpus or book.get_meta("typing_corpus_path")
+    stories = list(read_stories(path)) if path and Path(path).is_file() else None
+    ids = [r[0] for r in book.conn.execute("SELECT token_id FROM typing_token_acts ORDER BY token_id")]
+    means = token_acts(book) if stories is None else None
+    return concept_search(model, words, stories, k=k, universe_ids=ids or None, token_means=means,
+                          max_windows=max_windows, exact=exact)

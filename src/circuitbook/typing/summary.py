@@ -1,0 +1,55 @@
+"""The model at a glance: how many neurons of each type, the most common rules, the strongest examples."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+TYPES = ("syntax", "content", "mixed", "unclear")
+
+
+@dataclasses.dataclass
+class Summary:
+    """counts {type: n}; rules [(rule, n, [(layer, idx), ...strongest first])] most common first;
+    strongest {type: [(layer, idx, rule, score, reads, promotes)]} best first (reads/promotes: token strings)."""
+
+    counts: dict[str, int]
+    rules: list[tuple[str, int, list[tuple[int, int]]]]
+    strongest: dict[str, list[tuple]]
+
+    def table(self, n_rules: int = 10, n_examples: int = 5) -> str:
+        total = sum(self.counts.values()) or 1
+        lines = ["type      neurons   share"]
+        lines += [f"{t:<9} {self.counts[t]:>7}  {self.counts[t] / total:6.1%}" for t in TYPES]
+        if self.rules:
+            lines.append("\ntop rules (syntax + mixed neurons)")
+            for rule, n, units in self.rules[:n_rules]:
+                ex = ", ".join(f"L{l}N{i}" for l, i in units[:4])
+                lines.append(f"  {rule:<28} {n:>5} neurons   e.g. {ex}")
+        for t in ("syntax", "content", "mixed"):
+            if self.strongest.get(t):
+                lines.append(f"\nstrongest {t}")
+                for l, i, rule, score, reads, promotes in self.strongest[t][:n_examples]:
+                    lines.append(f"  L{l}N{i:<5} {rule or '':<22} score {score:6.1f}  reads {_fmt(reads)}"
+                                 f"  promotes {_fmt(promotes)}")
+        return "\n".join(lines)
+
+
+def _fmt(toks) -> str:
+    return " ".join(repr(t) for t in toks[:5])
+
+
+def summarize(types, n_examples: int = 10) -> Summary:
+    """types: list of typing.classify.UnitType."""
+    counts = Counter(t.type for t in types)
+    by_rule: dict[str, list] = {}
+    for t in sorted(types, key=lambda t: -t.score):
+        if t.rule:
+            by_rule.setdefault(t.rule, []).append((t.layer, t.idx))
+    rules = sorted(((r, len(u), u) for r, u in by_rule.items()), key=lambda x: (-x[1], x[0]))
+    strongest = {}
+    for typ in TYPES[:3]:
+        best = sorted((t for t in types if t.type == typ), key=lambda t: -t.score)[:n_examples]
+        strongest[typ] = [(t.layer, t.idx, t.rule, t.score, [x[1] for x in t.evidence["input"]["tokens"]],
+                           [x[1] for x in t.evidence["output"]["tokens"]]) for t in best]
+    return Summary({t: counts.get(t, 0) for t in TYPES}, rules, strongest)
