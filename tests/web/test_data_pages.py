@@ -116,3 +116,38 @@ def test_corpus_markup_is_shown_as_text(browser, markup_book):
         tok = browser.find_elements(By.CSS_SELECTOR, "#sec-scan .cb-text .tok[data-act]")[0]
         assert math.isfinite(float(tok.get_attribute("data-act")))
         assert tok.get_attribute("title").endswith(tok.get_attribute("data-act"))
+
+
+@pytest.fixture(scope="module")
+def typed_book(demo_book, tmp_path_factory):
+    import shutil
+
+    from circuitbook.errors import CircuitbookError
+    from circuitbook.typing.run import type_model
+
+    demo, path = demo_book
+    typed = tmp_path_factory.mktemp("typed") / "book.db"
+    src = Book.open(path)
+    src.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(path, typed)
+    book = Book.open(typed)
+    try:
+        type_model(demo.model, demo.stories[:200], book, progress=False)
+    except CircuitbookError as e:  # no spaCy pipeline on this machine: the typing stage's own tests say so
+        pytest.skip(f"typing stage unavailable: {e}")
+    return demo, typed
+
+
+def test_typing_filters_and_concept_search(typed_book):
+    demo, path = typed_book
+    c = TestClient(create_app(Book.open(path), model=demo.model), base_url="http://127.0.0.1")
+    pv = demo.truth["pronoun_verb"]
+    units = lambda r: re.findall(r'<td><a href="/(?:neuron|head)/0/\d+">([NH]0\.\d+)</a>', r.text)  # noqa: E731
+    r = c.get("/", params={"type": "syntax", "cls": "PRON -> VERB"})
+    assert f"N0.{pv}" in units(r)
+    assert all(t == "syntax" for t in re.findall(r'data-type="(\w*)"', r.text))
+    assert "PRON -&gt; VERB" in c.get(f"/neuron/0/{pv}").text  # typing evidence on the neuron page
+    r = c.get("/", params={"concept": "look search find seek", "kind": "neuron"})
+    assert units(r)[0] == f"N0.{demo.truth['search']}"
+    r = c.get("/", params={"concept": "xyzzyplugh"})
+    assert r.status_code == 200 and 'id="concept-error"' in r.text

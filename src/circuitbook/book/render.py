@@ -434,8 +434,21 @@ SECTION_TITLES = {"scan": "Activations", "circuits": "Weights-based circuits", "
 
 def section_html(name: str, sec: Any, ctx: Ctx | None = None) -> str:
     ctx = ctx or Ctx()
+    body = None
     fn = RENDERERS.get(name)
-    body = fn(sec, ctx) if fn is not None else value_html(sec, ctx)
+    if fn is None:  # the component's own notebook renderer (it escapes what it writes), else the generic view
+        from .core import _COMPONENTS
+
+        comp = _COMPONENTS.get(name)
+        fn = (lambda sec, ctx: comp.render_html(sec)) if comp is not None and comp.render_html else None
+    if fn is not None:
+        try:
+            body = fn(sec, ctx)
+        except Exception as e:  # a renderer that cannot read this section must not take the page down
+            body = f"<p class='error'>({esc(name)} view failed: {esc(type(e).__name__)}: {esc(e)})</p>"
+            body += value_html(sec, ctx)
+    if body is None:
+        body = value_html(sec, ctx)
     title = SECTION_TITLES.get(name, name)
     return f"<section class='cb-section' id='sec-{esc(name)}'><h2>{esc(title)}</h2>{body}</section>"
 

@@ -101,8 +101,15 @@ def _scan_summary(book: Book) -> dict:
     return out
 
 
+def _typing_summary(book: Book) -> dict:
+    """Neurons: their type (syntax / content / mixed / unclear) and rule ("PRON -> VERB") as the class."""
+    from ..book import typing as t
+
+    return {("neuron", r["layer"], r["idx"]): {"type": r["type"], "cls": r["rule"]} for r in t.unit_types(book)}
+
+
 # component name -> fn(book) -> {(kind, layer, idx): {"type", "cls", "stats", "top_tokens"}}
-SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary}
+SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary, "typing": _typing_summary}
 
 
 _CACHE: dict[str, tuple[tuple, list[dict]]] = {}

@@ -100,7 +100,11 @@ class Site:
             raise NotFound(f"label filter must be one of {LABEL_FILTERS}")
         lay = int(layer) if _INT.match(layer or "") else None
         shown = filter_rows(rows, q=q, kind=kind, layer=lay, type=type, cls=cls, label=label or "any")
-        concept_hits = self.concept_hits(concept) if concept and not self.static else None
+        concept_error = None
+        try:
+            concept_hits = self.concept_hits(concept) if concept and not self.static else None
+        except CircuitbookError as e:
+            concept_hits, concept_error = [], str(e)
         if concept_hits is not None:
             order = {k: i for i, (k, _) in enumerate(concept_hits)}
             score = dict(concept_hits)
@@ -121,16 +125,25 @@ class Site:
             layers=list(range(cfg.get("n_layers", 0))), types=sorted({r.type for r in rows if r.type}),
             classes=sorted({r.cls for r in rows if r.cls}), label_filters=LABEL_FILTERS,
             has_concepts=self.concept_search_available() and not self.static, cfg=cfg,
-            n_labelled=sum(1 for r in rows if r.label))
+            n_labelled=sum(1 for r in rows if r.label), concept_error=concept_error)
 
     def concept_search_available(self) -> bool:
-        return _concept_search() is not None
+        return _concept_search(self) is not None
 
     def concept_hits(self, concept: str) -> list[tuple[tuple[str, int, int], float]] | None:
-        fn = _concept_search()
+        """The typing stage's concept search as [((kind, layer, idx), score)], best first."""
+        fn = _concept_search(self)
         if fn is None:
             return None
-        return fn(self.book, concept)
+        out = []
+        for h in fn(concept):
+            if isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], tuple):
+                out.append((tuple(h[0]), float(h[1])))
+                continue
+            get = h.get if isinstance(h, dict) else lambda k, d=None, h=h: getattr(h, k, d)
+            score = next((get(k) for k in ("score", "similarity", "value") if get(k) is not None), 0.0)
+            out.append(((get("kind", "neuron"), int(get("layer")), int(get("idx"))), float(score)))
+        return out
 
     # ------------------------------------------------------------------ unit pages
     def unit_page(self, kind: str, layer: Any, idx: Any) -> str:
@@ -200,13 +213,28 @@ class Site:
         return self._page("error.html", 0, status=status, message=message)
 
 
-def _concept_search():
-    """The typing component's concept search, if that stage is installed (None otherwise)."""
+def _concept_search(site: "Site"):
+    """fn(words) -> hits from the typing stage, or None when it cannot run here: the book's own
+    ``book.typing.concept_search(book, words)`` if the stage provides one, else (with a model loaded)
+    ``typing.concepts.concept_search(model, words, token_means=<the book's per-token means>)``."""
     try:
-        from ..book import typing as t
+        from ..book import typing as bt
     except ImportError:
         return None
-    return getattr(t, "concept_search", None)
+    if hasattr(bt, "concept_search"):
+        return lambda words: bt.concept_search(site.book, words)
+    if site.model is None or site.static:
+        return None
+    try:
+        from ..typing.concepts import concept_search
+    except ImportError:
+        return None
+    if getattr(site, "_token_acts", None) is None:  # [n_units, N] means: read once, reused by every search
+        site._token_acts = (bt.token_acts(site.book) if "typing" in site.book.schema_versions() else None) or ()
+    acts = site._token_acts
+    if not acts or acts[2] is None:
+        return None  # without the typing run's per-token means there is no cheap input side to score
+    return lambda words: concept_search(site.model, words, token_means=acts).hits
 
 
 def json_script(obj: Any) -> Markup:
