@@ -1,0 +1,27 @@
+"""The real stand-in model: typing completes on a subset of the shared stories and finds the documented
+article neuron's rule (PROVENANCE: neuron 1593 fires on articles and promotes nouns)."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import pytest
+
+from circuitbook.book import Book
+from circuitbook.corpus import read_stories
+from circuitbook.typing.run import type_model
+
+
+@pytest.mark.slow
+def test_ts1l_typing_subset(ts1l, stories_path, tmp_path):
+    stories = list(islice(read_stories(stories_path), 300))
+    book = Book.open(tmp_path / "ts.db")
+    res = type_model(ts1l, stories, book=book, progress=False)
+    assert len(res.types) == ts1l.cfg.d_mlp
+    assert sum(res.summary.counts.values()) == 2048
+    u = {t.idx: t for t in res.types}[1593]
+    assert u.type in ("syntax", "mixed") and u.rule.split(" -> ")[0] == "DET" and "NOUN" in u.rule
+    from circuitbook.book import typing as bt
+
+    assert bt.unit_type(book, 0, 1593)["rule"] == u.rule
+    assert len(bt.unit_types(book)) == 2048
