@@ -49,6 +49,9 @@ heads < layer-l neurons < layer-(l+1) heads ...). With no pruning, edges conserv
 ``sum_t w(s -> t) == value(s)`` and ``sum_s w(s -> t) + (t's bias in-flow) == value(t)``. All edge
 weights and values are in logit units.
 
+"Exactly" means up to float32 rounding: the decomposition is computed in float32 from the forward's
+taps (a model run in bf16 agrees to bf16 precision).
+
 Pruning keeps the logit node plus the ``max_nodes`` nodes of largest |value| (>= ``node_threshold``;
 with ``keep_inputs`` every input token too), then the ``max_edges`` edges among them of largest
 |weight| (>= ``edge_threshold``).
