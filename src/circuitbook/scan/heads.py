@@ -1,0 +1,144 @@
+"""Everything the scan records about the attention heads of one layer, one batch at a time.
+
+Per query position (BOS and padding excluded as queries, see context.py), from the pattern row
+p[k] (k <= q):
+    bos      p[0]                      attention to the BOS / story separator (the usual sink)
+    self     p[q]
+    prev     p[q-1]
+    dist     sum_k p[k] * (q - k)      mean attention distance, in tokens
+    entropy  -sum_k p[k] ln p[k]       nats
+Means of these are exact, order-independent sums on the 2**-12 grid (as in neurons.py).
+
+Top examples: the queries with the strongest attention to a real token (max over k >= 1 of p[k]),
+with the query's attention row over the context window and, in ``extra``, the distance q - k* to the
+key it attends most.
+
+Token pairs: attention mass summed per (query token, key token) over every weight >= ``pair_min``
+with k >= 1 (the BOS sink would swamp everything else). The table grows with the number of distinct
+pairs, not with the corpus.
+
+State (h = n_heads): count (queries), sums [h, 5] float64, top (TopK), pair_ids [p] int64 sorted
+(id = (head * d_vocab + query token) * d_vocab + key token), pair_mass [p] float64 (sum of
+round(w*Q)), pair_count [p] int64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .context import BatchContext
+from .neurons import Q
+from .topk import TopK, topk_rows
+
+STATS = ("bos", "self", "prev", "dist", "entropy")
+
+
+class HeadAccumulator:
+    def __init__(self, n_heads: int, k: int, width: int, d_vocab: int, pair_min: float = 0.1, device="cpu"):
+        self.n, self.d_vocab, self.pair_min = n_heads, d_vocab, pair_min
+        self.count = 0
+        self.sums = torch.zeros(n_heads, len(STATS), dtype=torch.float64, device=device)
+        self.top = TopK(n_heads, k, width, device)
+        self.pair_ids = torch.zeros(0, dtype=torch.long, device=device)
+        self.pair_mass = torch.zeros(0, dtype=torch.float64, device=device)
+        self.pair_count = torch.zeros(0, dtype=torch.long, device=device)
+        self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def update(self, pattern: Tensor, ctx: BatchContext) -> None:
+        """pattern: [B, n_heads, q_pos, k_pos] the layer's ``attn.hook_pattern`` for the batch."""
+        P = pattern.float()
+        B, H, T, _ = P.shape
+        if len(ctx.rows) == 0:
+            return
+        ar = torch.arange(T, device=P.device, dtype=torch.float32)
+        prev = torch.zeros(B, H, T, device=P.device)
+        prev[..., 1:] = P.diagonal(offset=-1, dim1=2, dim2=3)
+        mx, am = P[..., 1:].max(-1)
+        stats = torch.stack([P[..., 0], P.diagonal(dim1=2, dim2=3), prev, ar - P @ ar,
+                             torch.special.entr(P).sum(-1), mx, (am + 1).float()], -1)  # [B, H, T, 7]
+        stats = stats.permute(1, 0, 2, 3).reshape(H, B * T, -1)[:, ctx.rows]  # [H, M, 7]
+        self.count += stats.shape[1]
+        self.sums += (stats[..., :5] * Q).round_().double().sum(1)
+
+        vals, cols = topk_rows(stats[..., 5].contiguous(), self.top.k)
+
+        def fetch(h, j):
+            c = cols[h, j]
+            focus = ctx.rows[c]
+            b, tj, ok = ctx.window_positions(focus)
+            t = focus % T
+            val = P[b[:, None], h[:, None], t[:, None], tj]
+            val = val.masked_fill_(~ok | (tj > t[:, None]), float("nan"))
+            return ctx.window_tokens(focus), val, t - stats[h, c, 6].long()
+        self.top.update(vals, ctx.keys[cols], fetch)
+
+        # (query token -> key token) attention mass
+        counted = torch.zeros(B * T, dtype=torch.bool, device=P.device)
+        counted[ctx.rows] = True
+        sel = (P[..., 1:] >= self.pair_min) & counted.view(B, 1, T, 1)
+        b, h, q, k = sel.nonzero(as_tuple=True)
+        k = k + 1
+        V = self.d_vocab
+        ids = (h * V + ctx.tokens[b, q]) * V + ctx.tokens[b, k]
+        mass = (P[b, h, q, k] * Q).round_().double()
+        self._pending.append((ids, mass, torch.ones_like(ids)))  # reduced in _compact
+        if sum(len(p[0]) for p in self._pending) > 4_000_000:
+            self._compact()
+
+    def _compact(self) -> None:
+        if self._pending:
+            parts = [(self.pair_ids, self.pair_mass, self.pair_count)] + self._pending
+            self.pair_ids, self.pair_mass, self.pair_count = _reduce(*(torch.cat(x) for x in zip(*parts)))
+            self._pending = []
+
+    def merge(self, other: "HeadAccumulator") -> None:
+        self.count += other.count
+        self.sums += other.sums
+        self.top.merge(other.top)
+        other._compact()
+        self._pending.append((other.pair_ids, other.pair_mass, other.pair_count))
+        self._compact()
+
+    def state(self) -> dict:
+        self._compact()
+        return {"count": self.count, "sums": self.sums, "top": self.top.state(), "pair_ids": self.pair_ids,
+                "pair_mass": self.pair_mass, "pair_count": self.pair_count, "d_vocab": self.d_vocab,
+                "pair_min": self.pair_min}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "HeadAccumulator":
+        a = cls.__new__(cls)
+        a.count, a.sums, a.top = st["count"], st["sums"], TopK.from_state(st["top"])
+        a.pair_ids, a.pair_mass, a.pair_count = st["pair_ids"], st["pair_mass"], st["pair_count"]
+        a.n, a.d_vocab, a.pair_min = a.sums.shape[0], st["d_vocab"], st["pair_min"]
+        a._pending = []
+        return a
+
+    # ------------------------------------------------------------------ results
+    def means(self) -> Tensor:
+        """[n_heads, 5] float64 mean of each of STATS over counted queries."""
+        return self.sums / Q / max(self.count, 1)
+
+    def top_pairs(self, head: int, k: int) -> list[tuple[int, int, float, int]]:
+        """[(query token, key token, mass, count)] the k pairs with most attention mass (ties: smaller id)."""
+        self._compact()
+        V = self.d_vocab
+        lo, hi = head * V * V, (head + 1) * V * V
+        a, b = torch.searchsorted(self.pair_ids, torch.tensor([lo, hi], device=self.pair_ids.device)).tolist()
+        if a == b:
+            return []
+        ids, mass, cnt = self.pair_ids[a:b], self.pair_mass[a:b], self.pair_count[a:b]
+        _, cols = topk_rows(mass[None], k)
+        out = []
+        for c in cols[0].tolist():
+            i = int(ids[c]) - lo
+            out.append((i // V, i % V, float(mass[c]) / Q, int(cnt[c])))
+        return out
+
+
+def _reduce(ids: Tensor, mass: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum mass and count per distinct id; ids come out sorted."""
+    u, inv = torch.unique(ids, return_inverse=True)
+    return (u, torch.zeros(len(u), dtype=torch.float64, device=ids.device).index_add_(0, inv, mass),
+            torch.zeros(len(u), dtype=torch.long, device=ids.device).index_add_(0, inv, count))

@@ -1,0 +1,413 @@
+"""The streaming driver: corpus -> model (taps only) -> accumulators -> book, resumable and shardable.
+
+    summary = scan_corpus(model, "stories.txt", book)            # or a list of story strings
+
+Taps only ``blocks.{l}.mlp.hook_post`` and ``blocks.{l}.attn.hook_pattern``: the forward stops after the
+last layer's MLP activation, so W_out of the last layer and the unembedding are never computed.
+
+Resume: every ``checkpoint_every`` batches the whole state (accumulators + how far we got, keyed by the
+last (story, window) done) is written to ``scan_state`` in one transaction. A run killed at any point
+(even SIGKILL) and started again with the same arguments continues from the last checkpoint; every
+statistic is exact and order-independent (see neurons.py, topk.py, reservoir.py), so the book ends
+identical to an uninterrupted run. Ctrl-C writes a checkpoint before stopping.
+
+Shards: ``shard=(i, n)`` scans the stories whose index is i mod n; keys keep global story indices, so
+``merge_books`` over the n shard books gives the single-run book.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..book import Book, BookError
+from ..book.scan import RESULT_TABLES
+from ..corpus import CorpusError, corpus_hash, read_stories
+from ..errors import CircuitbookError
+from .context import BatchContext
+from .heads import STATS, HeadAccumulator
+from .neurons import NeuronAccumulator
+from .topk import EMPTY_KEY, split_key
+
+SCAN_VERSION = 1
+
+
+class ScanError(CircuitbookError, RuntimeError):
+    """The scan cannot run as asked (a book for another scan, an empty corpus, bad settings)."""
+
+
+@dataclasses.dataclass
+class ScanSettings:
+    """What a scan records. Everything except batch_size and checkpoint_every is part of the scan's
+    identity: resuming or merging needs the same values."""
+
+    k: int = 32  # top examples per unit
+    r: int = 4  # sampled examples per activation band
+    before: int = 32  # context tokens before the focus
+    after: int = 8  # and after
+    max_len: int = 512  # tokens per sequence, BOS included (longer stories are cut into windows)
+    max_tokens: int | None = None  # stop after this many story tokens (whole sequences)
+    shard: tuple[int, int] = (0, 1)
+    token_k: int = 32  # tokens kept per neuron for token_means
+    token_min_count: int = 3
+    pair_k: int = 32  # (query, key) token pairs kept per head
+    pair_min: float = 0.1  # attention weights below this are not counted in pair mass
+    batch_size: int = 8
+    checkpoint_every: int = 25  # batches
+
+    def identity(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("batch_size")
+        d.pop("checkpoint_every")
+        d["shard"] = list(self.shard)
+        return d
+
+    def check(self, n_ctx: int) -> None:
+        if self.k < 1 or self.r < 1:
+            raise ScanError(f"k and r must be >= 1 (got k={self.k}, r={self.r})")
+        if self.before < 0 or self.after < 0:
+            raise ScanError("context sizes must be >= 0")
+        if not 2 <= self.max_len <= n_ctx:
+            raise ScanError(f"max_len {self.max_len} must be between 2 and the model's context {n_ctx}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ScanError(f"shard {i}/{n}: need 0 <= i < n")
+        if self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ScanError("batch_size and checkpoint_every must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ScanError("max_tokens must be >= 1")
+
+
+@dataclasses.dataclass
+class ScanSummary:
+    book: str
+    tokens: int  # counted tokens (BOS excluded) in the book's scan
+    sequences: int
+    new_tokens: int  # scanned by this call
+    seconds: float
+    tokens_per_s: float
+    resumed: bool
+    complete: bool
+    n_neurons: int
+    n_heads: int
+    dead_neurons: int  # never > 0
+    book_bytes: int
+
+    def __str__(self) -> str:
+        return (f"scanned {self.tokens:,} tokens in {self.sequences:,} sequences"
+                f"{' (resumed)' if self.resumed else ''}; this run {self.new_tokens:,} tokens in {self.seconds:.1f}s "
+                f"({self.tokens_per_s:,.0f} tok/s)\n"
+                f"{self.n_neurons} neurons ({self.dead_neurons} never fire), {self.n_heads} heads -> "
+                f"{self.book} ({self.book_bytes / 2**20:.1f} MiB)")
+
+
+# ------------------------------------------------------------------ state
+class ScanState:
+    """All accumulators (one per layer) and progress: seqs done, last (story, window), tokens."""
+
+    def __init__(self, neurons: list[NeuronAccumulator], heads: list[HeadAccumulator], progress: dict):
+        self.neurons, self.heads, self.progress = neurons, heads, progress
+
+    @classmethod
+    def fresh(cls, cfg, s: ScanSettings, device) -> "ScanState":
+        W = s.before + 1 + s.after
+        return cls([NeuronAccumulator(cfg.d_mlp, s.k, s.r, W, cfg.d_vocab, device) for _ in range(cfg.n_layers)],
+                   [HeadAccumulator(cfg.n_heads, s.k, W, cfg.d_vocab, s.pair_min, device) for _ in range(cfg.n_layers)],
+                   {"sequences": 0, "tokens": 0, "story_tokens": 0, "last": None})
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"neurons": [a.state() for a in self.neurons], "heads": [a.state() for a in self.heads]}, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, progress: dict, device) -> "ScanState":
+        st = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+        return cls([NeuronAccumulator.from_state(x) for x in st["neurons"]],
+                   [HeadAccumulator.from_state(x) for x in st["heads"]], progress)
+
+    def merge(self, other: "ScanState") -> None:
+        for a, b in zip(self.neurons, other.neurons):
+            a.merge(b)
+        for a, b in zip(self.heads, other.heads):
+            a.merge(b)
+        for key in ("sequences", "tokens", "story_tokens"):
+            self.progress[key] += other.progress[key]
+
+
+def save_state(book: Book, identity: dict, state: ScanState | None, progress: dict, complete: bool, conn=None) -> None:
+    blob = state.to_bytes() if state is not None else None
+    (conn or book.conn).execute(
+        "INSERT OR REPLACE INTO scan_state (id, identity, progress, state, complete, updated) VALUES (1, ?, ?, ?, ?, ?)",
+        (json.dumps(identity, sort_keys=True), json.dumps(progress), blob, int(complete), time.time()))
+
+
+def load_state(book: Book, device="cpu") -> tuple[dict, dict, ScanState | None, bool] | None:
+    row = book.conn.execute("SELECT identity, progress, state, complete FROM scan_state WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    progress = json.loads(row[1])
+    state = ScanState.from_bytes(row[2], progress, device) if row[2] is not None else None
+    return json.loads(row[0]), progress, state, bool(row[3])
+
+
+# ------------------------------------------------------------------ corpus
+def _stories(corpus) -> tuple[Iterable[str], str, str]:
+    """(stories, corpus hash, description) for a path / hf: spec or an in-memory list of stories."""
+    if isinstance(corpus, (str, Path)):
+        return (lambda: read_stories(corpus)), corpus_hash(corpus), str(corpus)
+    stories = list(corpus)
+    h = hashlib.sha256("\x00".join(stories).encode()).hexdigest()[:16]
+    return (lambda: iter(stories)), h, f"<{len(stories)} stories in memory>"
+
+
+def _sequences(stories: Iterable[str], tokenizer, s: ScanSettings, progress: dict) -> Iterator[tuple[int, int, list[int]]]:
+    """This shard's (story, window, ids) after ``progress['last']``, stopping at max_tokens."""
+    i, n = s.shard
+    prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    body = s.max_len - len(prefix)
+    last = tuple(progress["last"]) if progress["last"] else (-1, -1)
+    done = progress["story_tokens"]
+    for story, text in enumerate(stories):
+        if story % n != i or story < last[0]:
+            continue
+        ids = tokenizer.encode(text)
+        for w, start in enumerate(range(0, len(ids), body)):
+            if (story, w) <= last:
+                continue
+            if s.max_tokens is not None and done >= s.max_tokens:
+                return
+            chunk = ids[start:start + body]
+            done += len(chunk)
+            yield story, w, prefix + chunk
+
+
+def _batches(seqs, batch_size: int):
+    pending = []
+    for item in seqs:
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _count_shard_stories(stories: Iterable[str], shard) -> int:
+    i, n = shard
+    return sum(1 for s, _ in enumerate(stories) if s % n == i)
+
+
+# ------------------------------------------------------------------ the scan
+def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings | None = None, *,
+                overwrite: bool = False, keep_state: bool | None = None, progress: bool = True,
+                **overrides) -> ScanSummary:
+    """Scan ``corpus`` (a path, ``hf:NAME``, or a list of story strings) with ``model`` into ``book``.
+
+    ``overrides`` set ScanSettings fields (``scan_corpus(m, path, book, k=16, max_tokens=10_000)``).
+    ``keep_state``: keep the resumable state in the book after the scan finished (needed to merge;
+    default: only for shards). Raises ScanError / BookError for a book holding another model's or
+    corpus's scan (unless ``overwrite``) and for an empty corpus."""
+    s = dataclasses.replace(settings or ScanSettings(), **overrides)
+    s.shard = tuple(s.shard)
+    cfg = model.cfg
+    s.check(cfg.n_ctx)
+    if model.tokenizer is None or model.tokenizer.bos_id is None:
+        raise ScanError("the scan needs the model's tokenizer with a BOS / story separator token "
+                        "(every sequence starts with it and position 0 is left out of the statistics)")
+    book = book if isinstance(book, Book) else Book.open(book)
+    get_stories, chash, desc = _stories(corpus)
+    identity = {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
+                "dtype": str(model.weights.W_E.dtype), **s.identity()}
+    if keep_state is None:
+        keep_state = s.shard[1] > 1
+    device = model.weights.W_E.device
+
+    prev = load_state(book, device)
+    if prev is not None and prev[0] != identity:
+        if not overwrite:
+            raise ScanError(_mismatch(book, prev[0], identity))
+    have_fp = book.get_meta("model_fingerprint")
+    if have_fp is not None and have_fp != identity["model"] and not overwrite:
+        raise BookError(f"{book.path} describes model {book.get_meta('model_source')!r} (fingerprint {have_fp}), "
+                        f"not {model.source!r} ({identity['model']}); use another book or --overwrite")
+    book.bind_model(model, overwrite=overwrite)
+    resumed = False
+    if prev is not None and prev[0] == identity:
+        _, prog, state, complete = prev
+        if complete:
+            return _summary(book, prog, 0, 0.0, resumed=True)
+        resumed = True
+    else:
+        with book.transaction() as c:
+            for t in RESULT_TABLES + ("scan_state",):
+                c.execute(f"DELETE FROM {t}")
+        state = None
+    if state is None:
+        state = ScanState.fresh(cfg, s, device)
+    prog = state.progress
+    book.set_meta("scan_corpus", desc)
+    run_id = book.start_run("scan", {**identity, "batch_size": s.batch_size, "corpus_path": desc})
+
+    taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        if s.max_tokens is not None:
+            bar = tqdm(total=s.max_tokens, initial=min(prog["story_tokens"], s.max_tokens), unit="tok",
+                       unit_scale=True, desc="scan", dynamic_ncols=True)
+        else:
+            total = _count_shard_stories(get_stories(), s.shard)
+            done = 0 if prog["last"] is None else _count_shard_stories(
+                (x for _, x in zip(range(prog["last"][0] + 1), get_stories())), s.shard)
+            bar = tqdm(total=total, initial=done, unit="story", desc="scan", dynamic_ncols=True)
+
+    t0 = time.time()
+    new_tokens, since = 0, 0
+    try:
+        for group in _batches(_sequences(get_stories(), model.tokenizer, s, prog), s.batch_size):
+            T = max(len(ids) for _, _, ids in group)
+            tokens = torch.zeros((len(group), T), dtype=torch.long)
+            mask = torch.zeros((len(group), T), dtype=torch.bool)
+            for j, (_, _, ids) in enumerate(group):
+                tokens[j, :len(ids)] = torch.tensor(ids)
+                mask[j, :len(ids)] = True
+            story = torch.tensor([g[0] for g in group])
+            window = torch.tensor([g[1] for g in group])
+            ctx = BatchContext.build(tokens.to(device), mask.to(device), story.to(device), window.to(device),
+                                     s.max_len, s.before, s.after)
+            out = model.run(tokens, taps)
+            for l in range(cfg.n_layers):
+                state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+                state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
+            del out
+            n_tok = len(ctx.rows)
+            prog["sequences"] += len(group)
+            prog["tokens"] += n_tok
+            prog["story_tokens"] += n_tok
+            prog["last"] = [group[-1][0], group[-1][1]]
+            new_tokens += n_tok
+            since += 1
+            if bar is not None:
+                el = max(time.time() - t0, 1e-9)
+                if s.max_tokens is not None:
+                    bar.update(min(n_tok, s.max_tokens - bar.n))
+                else:
+                    bar.update(sum(1 for g in group if g[1] == 0))  # stories started
+                bar.set_postfix_str(f"{new_tokens / el:,.0f} tok/s", refresh=False)
+            if since >= s.checkpoint_every:
+                with book.transaction() as c:
+                    save_state(book, identity, state, prog, False, c)
+                since = 0
+    except KeyboardInterrupt:
+        with book.transaction() as c:
+            save_state(book, identity, state, prog, False, c)
+        book.finish_run(run_id, {"tokens": prog["tokens"]}, status="interrupted")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if prog["tokens"] == 0:
+        raise CorpusError(f"corpus {desc} has no stories to scan" + (f" in shard {s.shard[0]}/{s.shard[1]}"
+                                                                       if s.shard[1] > 1 else ""))
+    seconds = time.time() - t0
+    with book.transaction() as c:
+        write_results(c, state, s)
+        save_state(book, identity, state if keep_state else None, prog, True, c)
+    if not keep_state:
+        book.conn.execute("VACUUM")
+    summary = _summary(book, prog, new_tokens, seconds, resumed)
+    book.finish_run(run_id, dataclasses.asdict(summary))
+    return summary
+
+
+def _mismatch(book: Book, have: dict, want: dict) -> str:
+    diff = [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    what = ", ".join(f"{k}: {have.get(k)!r} in the book vs {want.get(k)!r} now" for k in diff[:4])
+    return (f"{book.path} holds a scan with different {', '.join(diff)} ({what}); "
+            f"use another book or --overwrite to replace it")
+
+
+def _summary(book: Book, prog: dict, new_tokens: int, seconds: float, resumed: bool) -> ScanSummary:
+    c = book.conn
+    n_neurons, dead = c.execute("SELECT count(*), coalesce(sum(fire_rate = 0), 0) FROM scan_neurons").fetchone()
+    n_heads = c.execute("SELECT count(*) FROM scan_heads").fetchone()[0]
+    complete = bool(c.execute("SELECT complete FROM scan_state WHERE id = 1").fetchone()[0])
+    size = sum(p.stat().st_size for p in book.path.parent.glob(book.path.name + "*"))
+    return ScanSummary(str(book.path), prog["tokens"], prog["sequences"], new_tokens, seconds,
+                       new_tokens / seconds if seconds > 0 else 0.0, resumed, complete, n_neurons, n_heads, dead, size)
+
+
+# ------------------------------------------------------------------ results -> tables
+def _example_rows(kind: str, layer: int, section: str, keys, vals, extra, tok, ctx_val, focus: int, band=None):
+    """Rows for scan_examples from flattened example arrays (only filled slots)."""
+    out = []
+    keys, vals, extra = keys.tolist(), vals.tolist(), extra.tolist()
+    tok, ctx_val = tok.cpu().numpy().astype(np.int32), ctx_val.cpu().numpy().astype(np.float32)
+    for j, key in enumerate(keys):
+        if key == EMPTY_KEY:
+            continue
+        unit, b, rank = band[j] if band is not None else (None, -1, None)
+        story, offset = split_key(key)
+        out.append((kind, layer, unit, section, b, rank, vals[j], story, offset, focus, extra[j],
+                    tok[j].tobytes(), ctx_val[j].tobytes()))
+    return out
+
+
+def write_results(conn, state: ScanState, s: ScanSettings) -> None:
+    """Replace the result tables with the state's findings (inside the caller's transaction)."""
+    for t in RESULT_TABLES:
+        conn.execute(f"DELETE FROM {t}")
+    focus = s.before
+    for l, a in enumerate(state.neurons):
+        mean, std = a.mean_std()
+        fires = a.fire_count()
+        n = a.n
+        conn.executemany(
+            "INSERT INTO scan_neurons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(l, u, a.count, m, sd, lo if a.count else None, hi if a.count else None, f / max(a.count, 1), e,
+              json.dumps(h)) for u, (m, sd, lo, hi, f, e, h) in enumerate(zip(
+                  mean.tolist(), std.tolist(), a.vmin.tolist(), a.vmax.tolist(), fires.tolist(),
+                  a.hist.exp.tolist(), a.hist.counts.tolist()))])
+        k = a.top.k
+        tags = [(u, -1, j) for u in range(n) for j in range(k)]
+        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         _example_rows("neuron", l, "top", a.top.keys.reshape(-1), a.top.vals.reshape(-1),
+                                       a.top.extra.reshape(-1), a.top.ctx_tok.reshape(n * k, -1),
+                                       a.top.ctx_val.reshape(n * k, -1), focus, tags))
+        R = a.bands.r
+        nb = a.bands.pri.shape[1]
+        tags = [(u, b, j) for u in range(n) for b in range(nb) for j in range(R)]
+        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         _example_rows("neuron", l, "quantile", a.bands.keys.reshape(-1), a.bands.vals.reshape(-1),
+                                       torch.zeros(n * nb * R, dtype=torch.long), a.bands.ctx_tok.reshape(n * nb * R, -1),
+                                       a.bands.ctx_val.reshape(n * nb * R, -1), focus, tags))
+        ids, means, counts = a.token_means(s.token_k, s.token_min_count)
+        conn.executemany("INSERT INTO scan_token_means VALUES (?, ?, ?, ?, ?, ?)",
+                         [(l, u, j, t, m, c) for u, (ti, mi, ci) in enumerate(zip(ids.tolist(), means.tolist(), counts.tolist()))
+                          for j, (t, m, c) in enumerate(zip(ti, mi, ci))])
+    for l, h in enumerate(state.heads):
+        means = h.means().tolist()
+        conn.executemany("INSERT INTO scan_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(l, u, h.count, *means[u]) for u in range(h.n)])
+        k = h.top.k
+        tags = [(u, -1, j) for u in range(h.n) for j in range(k)]
+        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         _example_rows("head", l, "top", h.top.keys.reshape(-1), h.top.vals.reshape(-1),
+                                       h.top.extra.reshape(-1), h.top.ctx_tok.reshape(h.n * k, -1),
+                                       h.top.ctx_val.reshape(h.n * k, -1), focus, tags))
+        conn.executemany("INSERT INTO scan_head_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(l, u, j, q, kk, m, c) for u in range(h.n)
+                          for j, (q, kk, m, c) in enumerate(h.top_pairs(u, s.pair_k))])
+
+
+assert len(STATS) == 5

@@ -1,0 +1,142 @@
+"""Mergeable top-k with a total order, so every run, resume, shard and merge picks the same examples.
+
+Order: value descending, then key ascending. A key is an example's place in the corpus
+(:func:`example_key`: story index, then token offset), unique per example, so the order is total and
+the k best of a corpus do not depend on how it was cut into batches or shards: ties (BOS-like repeats,
+"Once upon a time" openings, ReLU zeros) always go to the earliest example.
+
+:class:`TopK` holds, for ``n_units`` units at once (all neurons of a layer, all heads):
+
+    vals  [n_units, k] float32   best values, sorted by the order above; -inf in empty slots
+    keys  [n_units, k] int64     example keys; EMPTY_KEY in empty slots
+    extra [n_units, k] int64     one integer per example for the caller (heads: attended key distance)
+    ctx_tok [n_units, k, width] int32     token ids of the context window (-1 outside the sequence)
+    ctx_val [n_units, k, width] float32   the unit's value on each window token (NaN outside)
+
+Window j of an example at sequence position p covers position p - before + j (the focus is j = before).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EMPTY_KEY = torch.iinfo(torch.int64).max
+OFFSET_BITS = 24  # token offset within a story: up to 16M tokens per story
+
+
+def example_key(story: Tensor | int, offset: Tensor | int):
+    """Corpus-order key of the token at ``offset`` (0 = first story token after BOS) of ``story``."""
+    return (story << OFFSET_BITS) | offset
+
+
+def split_key(key: int) -> tuple[int, int]:
+    """(story, offset) of a key."""
+    return key >> OFFSET_BITS, key & ((1 << OFFSET_BITS) - 1)
+
+
+def order(vals: Tensor, keys: Tensor) -> Tensor:
+    """Indices sorting each row by (value desc, key asc). vals, keys: [rows, n]."""
+    by_key = keys.argsort(dim=1)  # keys are unique within a row (EMPTY_KEY only with -inf values)
+    v = vals.gather(1, by_key)
+    by_val = torch.sort(v, dim=1, descending=True, stable=True).indices
+    return by_key.gather(1, by_val)
+
+
+def topk_rows(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best columns of each row of ``values`` [rows, n] under (value desc, column asc).
+
+    Returns (vals [rows, k'], cols [rows, k']) sorted in that order, k' = min(k, n). Fast path:
+    torch.topk with one extra value to spot rows whose k-th value ties with one left outside; those
+    rows redo the choice on an exact int64 (value, -column) key."""
+    n = values.shape[1]
+    k = min(k, n)
+    if k == 0:
+        return values[:, :0], torch.zeros(values.shape[0], 0, dtype=torch.long, device=values.device)
+    v, cols = values.topk(min(k + 1, n), dim=1)
+    if k < n:
+        rows = (v[:, k] == v[:, k - 1]).nonzero()[:, 0]
+        v, cols = v[:, :k].contiguous(), cols[:, :k].contiguous()
+        if len(rows) and values.dtype != torch.float32:
+            c = torch.sort(values[rows], dim=1, descending=True, stable=True).indices[:, :k]
+            cols[rows] = c
+            v[rows] = values[rows].gather(1, c)
+        elif len(rows):
+            sub = _sortable(values[rows])
+            col = torch.arange(n, device=values.device)
+            _, c = ((sub << 32) | (n - 1 - col)[None]).topk(k, dim=1)
+            cols[rows] = c
+            v[rows] = values[rows].gather(1, c)
+    # order within the chosen k (topk leaves equal values in arbitrary order)
+    o = order(v, cols)
+    return v.gather(1, o), cols.gather(1, o)
+
+
+def _sortable(x: Tensor) -> Tensor:
+    """int64 keys ordered like the float values (-0.0 == 0.0), in [-2**31, 2**31)."""
+    i = (x + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    return torch.where(i < 0, i ^ 0x7FFFFFFF, i)
+
+
+def merge_best(vals_a: Tensor, keys_a: Tensor, vals_b: Tensor, keys_b: Tensor, k: int):
+    """Best k of two row-wise candidate sets. Returns (vals [rows, k], keys [rows, k], src [rows, k]) with
+    src indexing the concatenation [a | b] (src < a.shape[1] means "kept from a")."""
+    vals = torch.cat([vals_a, vals_b], 1)
+    keys = torch.cat([keys_a, keys_b], 1)
+    src = order(vals, keys)[:, :k]
+    return vals.gather(1, src), keys.gather(1, src), src
+
+
+class TopK:
+    """Running top-k examples for ``n_units`` units, with their context windows (see module doc)."""
+
+    def __init__(self, n_units: int, k: int, width: int, device="cpu"):
+        self.k, self.width = k, width
+        self.vals = torch.full((n_units, k), float("-inf"), device=device)
+        self.keys = torch.full((n_units, k), EMPTY_KEY, dtype=torch.long, device=device)
+        self.extra = torch.zeros((n_units, k), dtype=torch.long, device=device)
+        self.ctx_tok = torch.full((n_units, k, width), -1, dtype=torch.int32, device=device)
+        self.ctx_val = torch.full((n_units, k, width), float("nan"), device=device)
+
+    def update(self, vals: Tensor, keys: Tensor, fetch) -> None:
+        """Offer candidates vals/keys [n_units, c] (keys unique per row, not already held).
+
+        ``fetch(units, slots) -> (ctx_tok [s, width], ctx_val [s, width], extra [s])`` builds the
+        windows of the candidates that made it in (only those: after the first batches, few do)."""
+        nv, nk, src = merge_best(self.vals, self.keys, vals, keys, self.k)
+        new = src >= self.k
+        rows = new.any(1).nonzero()[:, 0]  # only rows that took a candidate need their windows moved
+        if len(rows):
+            keep = src[rows].clamp(max=self.k - 1)
+            idx = keep[..., None].expand(-1, -1, self.width)
+            self.ctx_tok[rows] = self.ctx_tok[rows].gather(1, idx)
+            self.ctx_val[rows] = self.ctx_val[rows].gather(1, idx)
+            self.extra[rows] = self.extra[rows].gather(1, keep)
+            u, slot = new.nonzero(as_tuple=True)
+            tok, val, extra = fetch(u, src[u, slot] - self.k)
+            self.ctx_tok[u, slot] = tok
+            self.ctx_val[u, slot] = val
+            self.extra[u, slot] = extra
+        self.vals, self.keys = nv, nk
+
+    def merge(self, other: "TopK") -> None:
+        """Fold another TopK over the same units (another shard) into this one."""
+        def fetch(u, j):
+            return other.ctx_tok[u, j], other.ctx_val[u, j], other.extra[u, j]
+        self.update(other.vals, other.keys, fetch)
+
+    def state(self) -> dict:
+        return {"vals": self.vals, "keys": self.keys, "extra": self.extra,
+                "ctx_tok": self.ctx_tok, "ctx_val": self.ctx_val}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "TopK":
+        t = cls.__new__(cls)
+        t.vals, t.keys, t.extra = st["vals"], st["keys"], st["extra"]
+        t.ctx_tok, t.ctx_val = st["ctx_tok"], st["ctx_val"]
+        t.k, t.width = t.vals.shape[1], t.ctx_tok.shape[2]
+        return t
+
+    def filled(self) -> Tensor:
+        """[n_units] how many slots hold an example."""
+        return (self.keys != EMPTY_KEY).sum(1)
