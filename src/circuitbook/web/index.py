@@ -9,7 +9,6 @@ index page's filters (the same ones the page's JavaScript applies in the static 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Iterable
 
 from ..book import Book
@@ -115,21 +114,17 @@ SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary, "typing": _ty
 _CACHE: dict[str, tuple[tuple, list[dict]]] = {}
 
 
-def _file_signature(path) -> tuple:
-    """Changes whenever anything is committed to the book (the database file or its WAL)."""
-    sig = []
-    for p in (str(path), f"{path}-wal"):
-        try:
-            st = os.stat(p)
-            sig.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            sig.append(None)
-    return tuple(sig)
+def _signature(book: Book) -> tuple:
+    """Changes whenever a stage writes results: stages record their runs (``runs``) and settings (``meta``).
+    Label edits change neither, so editing never forces the summaries to be recomputed."""
+    runs = tuple(book.conn.execute("SELECT count(*), max(id), max(finished), group_concat(status) FROM runs").fetchone())
+    meta = hash(tuple(book.conn.execute("SELECT key, value FROM meta ORDER BY key")))
+    return runs, meta, tuple(sorted(book.schema_versions().items()))
 
 
 def _component_summaries(book: Book) -> list[dict]:
-    """The summaries, recomputed only when the book file changed since the last call."""
-    sig = _file_signature(book.path)
+    """The summaries, recomputed only when a stage wrote to the book since the last call."""
+    sig = _signature(book)
     hit = _CACHE.get(str(book.path))
     if hit is not None and hit[0] == sig:
         return hit[1]
