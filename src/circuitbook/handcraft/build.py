@@ -176,15 +176,27 @@ def _set_means(X: Tensor, tokens: Tensor, ids: Tensor, fallback) -> Tensor:
     return means
 
 
-def fit_token_reader(X: Tensor, tokens: Tensor, ids: Tensor, fallback, fit: str = "lda") -> tuple[Tensor, float, float]:
+def fit_token_reader(X: Tensor, tokens: Tensor, ids: Tensor, fallback, fit: str = "ridge",
+                     ridge: float = 0.01) -> tuple[Tensor, float, float]:
     """A direction w [d] that separates positions whose token is in ``ids`` from the rest.
 
     Returns (w, on, off): the average projection of set tokens (each set token weighted equally) and of
-    all other positions. "mean": w = mu_on - mu_off; "lda": w = (Cov + ridge)^-1 (mu_on - mu_off)."""
+    all other positions. "mean": w = mu_on - mu_off; "lda": w = (Cov + ridge)^-1 (mu_on - mu_off);
+    "ridge": ridge regression of the in-set indicator on X, classes balanced (``on`` is then the mean over
+    set positions, frequent set tokens weighing more)."""
     inset = torch.isin(tokens, ids)
     mu_on = _set_means(X, tokens, ids, fallback).mean(0)
     mu_off = X[~inset].mean(0) if (~inset).any() else X.mean(0)
     diff = mu_on - mu_off
+    if fit == "ridge" and inset.any():
+        # least squares onto the indicator, on and off positions weighted equally: directly penalises
+        # off-set positions that would fire, which the mean difference ignores
+        w = _ridge(X, inset.float()[:, None], _balanced(inset), lam=ridge)[:, 0]
+        on = float(X[inset].mean(0) @ w)
+        off = float(mu_off @ w)
+        if on - off <= 1e-12:
+            raise SpecError("the token set is indistinguishable from the other tokens at this point of the model")
+        return w, on, off
     if fit == "lda":
         Xc = (X - X.mean(0)).double()
         C = Xc.T @ Xc / len(X)
@@ -325,11 +337,27 @@ def build_neuron(ns: NeuronSpec, ctx: _Ctx, weights: Weights, cal: Calibration) 
         except SpecError as e:
             raise SpecError(f"{ns.input.where}: {e}") from None
         strength = 4.0 if ns.strength is None else ns.strength
+        if strength == "keep":  # the replaced neuron's own on-set minus off-set pre-activation gap
+            inset = torch.isin(cal.tokens, ids)
+            pre = cal.x_mlp[l] @ ctx.original.W_in[l, :, ns.replaces].float()
+            strength = float(pre[inset].mean() - pre[~inset].mean()) if inset.any() and (~inset).any() else 0.0
+            if strength <= 0:
+                raise SpecError(f"{ns.where}: strength: keep, but neuron {ns.replaces} does not fire more on the set")
         scale = strength / (on - off)
         w_in = w * scale
         b_in = orig_b if ns.bias == "keep" else float(ns.bias) - off * scale
     un = _Unembed(weights, cal.final_scale)
-    w_out = _write_vector(ctx, ns.output, un, 1.0 if ns.gain is None else ns.gain, ns.out_fit, weights, l)
+    gain = 1.0 if ns.gain is None else ns.gain
+    if gain == "keep":  # the replaced neuron's own logit gain on the promoted / suppressed sets
+        rule = ns.output
+        if rule.direction is not None:
+            raise SpecError(f"{ns.where}: gain: keep needs a promote/suppress output")
+        P = ctx.ids(rule.promote).to(un.U.device) if rule.promote is not None else None
+        Q = ctx.ids(rule.suppress).to(un.U.device) if rule.suppress is not None else None
+        gain = un.gain_of(ctx.original.W_out[l, ns.replaces].float(), P, Q)
+        if gain <= 0:
+            raise SpecError(f"{ns.where}: gain: keep, but neuron {ns.replaces} does not promote that output")
+    w_out = _write_vector(ctx, ns.output, un, gain, ns.out_fit, weights, l)
     w_gate = None
     if weights.W_gate is not None:  # gated MLP: keep the gate open with the replaced neuron's gate, else W_in
         w_gate = ctx.original.W_gate[l, :, ns.replaces] if ns.replaces is not None else w_in

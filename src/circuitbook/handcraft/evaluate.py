@@ -285,3 +285,15 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
     ev = evaluate(model.weights, built.weights, batches(eval_stories, model.tokenizer, max_len, batch_size), bl,
                   model.tokenizer, classes, top_k=top_k, progress=progress)
     return SpecResult(built, ev)
+
+
+def store(book, result: SpecResult, model=None, corpus: str | None = None) -> int:
+    """Save a :class:`SpecResult` in the book (spec text, figures, full breakdown, replaced/added units)."""
+    from ..book import handcraft as hb
+
+    built = result.built
+    units = [(k, l, i, "replaced", nm) for (k, l, i), nm in built.replaced.items()]
+    units += [(k, l, i, "added", nm) for (k, l, i), nm in built.added.items()]
+    text = built.spec.text or built.spec.to_yaml()
+    return hb.save_evaluation(book, built.spec.name, text, result.evaluation.to_dict(), units,
+                              model.fingerprint() if model is not None else None, corpus)

@@ -92,10 +92,12 @@ class NeuronSpec:
     token-set outputs, how many logits the promoted tokens gain (over the vocabulary average) per unit of
     activation; for directions, a multiplier. ``bias``: the pre-activation at off-set positions (token-set
     input) or b_in itself (direction input); "keep" keeps the replaced neuron's b_in.
+    ``strength: keep`` / ``gain: keep`` copy the replaced neuron's own on-set gap / logit gain on these sets.
     ``replaces``: the existing neuron index it takes over; None adds a new neuron (d_mlp grows).
-    ``fit``: how token-set readers are fitted: "mean" (mean difference between on-set and off-set
-    positions, every set token weighted equally; default) or "lda" (the same, whitened by the activation
-    covariance: sharper, but favours rare set tokens). ``out_fit``: "pinv" (least squares through the
+    ``fit``: how token-set readers are fitted: "ridge" (ridge regression of the in-set indicator on
+    what the neuron reads, on- and off-set positions weighted equally; default, the most selective), "mean"
+    (mean difference, every set token weighted equally) or "lda" (mean difference whitened by the
+    covariance; favours rare set tokens). ``out_fit``: "pinv" (least squares through the
     W_U pseudo-inverse onto +1 promote / -1 suppress; default) or "unembed" (mean of the target
     unembedding columns, which also drags along their shared frequency direction).
     """
@@ -105,10 +107,10 @@ class NeuronSpec:
     name: str = ""
     layer: int = 0
     replaces: int | None = None
-    strength: float | None = None  # None: 4.0 for token-set inputs, 1.0 for directions
-    gain: float | None = None  # None: 1.0
+    strength: float | str | None = None  # None: 4.0 for token-set inputs, 1.0 for directions; "keep"
+    gain: float | str | None = None  # None: 1.0; "keep": the replaced neuron's own gain
     bias: float | str = 0.0
-    fit: str = "mean"
+    fit: str = "ridge"
     out_fit: str = "pinv"
     where: str = ""
 
@@ -183,10 +185,10 @@ class Spec:
 def _plain(obj: Any) -> Any:
     """Dataclass -> the YAML-shaped dict it came from (defaults and locations dropped)."""
     if isinstance(obj, TokenSet):
-        return {"class": obj.cls} if obj.cls is not None else {"words": obj.words} if obj.words is not None \
+        return {"class": obj.cls} if obj.cls is not None else {"words": list(obj.words)} if obj.words is not None \
             else {"ids": list(obj.ids or [])}
     if isinstance(obj, Direction):
-        d = {k: getattr(obj, k) for k in ("neuron", "values", "file") if getattr(obj, k) is not None}
+        d = {k: _plain(getattr(obj, k)) for k in ("neuron", "values", "file") if getattr(obj, k) is not None}
         return {"direction": d}
     if isinstance(obj, OutputRule):
         if obj.direction is not None:
@@ -197,7 +199,9 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_plain(x) for x in obj]
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, str):
+        return str(obj)
     if dataclasses.is_dataclass(obj):
         out = {}
         for f in dataclasses.fields(obj):
@@ -209,7 +213,9 @@ def _plain(obj: Any) -> Any:
             if isinstance(obj, DirectSpec):
                 return obj.mode if obj.mode == "keep" else {obj.mode: {"smoothing": obj.smoothing,
                                                                        "min_count": obj.min_count}}
-            if v is not None:
+            if isinstance(obj, HeadSpec) and f.name == "ov" and not isinstance(v, str):
+                out["ov"] = {"map": _plain(v)} if isinstance(v, list) else {"copy": _plain(v)}
+            elif v is not None:
                 out[f.name] = _plain(v)
         return out
     return obj
@@ -444,14 +450,18 @@ def _neuron(P: _P, n, path: str, layer: int, line) -> NeuronSpec:
     if replaces is not None and replaces < 0:
         P.fail(n, f"{path}.replaces", "must be a neuron index >= 0", P.child(n, "replaces"))
     bias = P.number(n, "bias", path, 0.0, float, allow=("keep",))
-    if bias == "keep" and replaces is None:
-        P.fail(n, f"{path}.bias", "'keep' needs `replaces` (there is no b_in to keep)", P.child(n, "bias"))
+    for key in ("bias", "strength", "gain"):
+        if n.get(key) == "keep" and replaces is None:
+            P.fail(n, f"{path}.{key}", "'keep' needs `replaces` (there is no neuron to keep it from)", P.child(n, key))
+    if n.get("strength") == "keep" and isinstance(n.get("input"), dict) and "direction" in n["input"]:
+        P.fail(n, f"{path}.strength", "'keep' applies to token-set inputs only", P.child(n, "strength"))
     return NeuronSpec(
         input=_input(P, n["input"], f"{path}.input", P.child(n, "input")),
         output=_output(P, n["output"], f"{path}.output", P.child(n, "output")),
         name=str(n.get("name", path)), layer=P.number(n, "layer", path, layer, int), replaces=replaces,
-        strength=P.number(n, "strength", path, None), gain=P.number(n, "gain", path, None), bias=bias,
-        fit=P.choice(n, "fit", path, "mean", ("mean", "lda")),
+        strength=P.number(n, "strength", path, None, allow=("keep",)),
+        gain=P.number(n, "gain", path, None, allow=("keep",)), bias=bias,
+        fit=P.choice(n, "fit", path, "ridge", ("ridge", "mean", "lda")),
         out_fit=P.choice(n, "out_fit", path, "pinv", ("pinv", "unembed")), where=where)
 
 

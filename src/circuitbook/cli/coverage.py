@@ -1,0 +1,41 @@
+"""``circuitbook coverage --book BOOK.db --corpus PATH [--model MODEL]``: keep only the units labelled in the
+book (everything else ablated) and report the loss that recovers, overall and per type / label."""
+
+from __future__ import annotations
+
+from ..errors import CircuitbookError
+from ._common import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("coverage", help="how much of the model do the book's labelled units explain",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--book", required=True, help="the book whose labelled units are kept")
+    p.add_argument("--corpus", required=True, help="stories to measure on")
+    p.add_argument("--model", help="model directory or hub id (default: the book's model)")
+    p.add_argument("--mode", choices=("mean", "zero"), default="mean", help="how unlabelled units are ablated")
+    p.add_argument("--stories", type=int, default=200, help="use the first N stories (default 200)")
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--no-labels", action="store_true", help="skip the per-label breakdown")
+    add_model_args(p, required=False)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..book import handcraft as hb
+    from ..corpus import batches, corpus_hash
+    from ..handcraft import coverage_from_book
+    from .handcraft import model_and_book, stories_of
+
+    model, book = model_and_book(args)
+    book.bind_model(model)
+    if not book.labelled():
+        raise CircuitbookError(f"{book.path} has no labelled units: label some first (web UI or Book.set_label)")
+    stories = stories_of(args)
+    cov = coverage_from_book(book, model, lambda: batches(stories, model.tokenizer, args.max_len, args.batch_size),
+                             args.mode, progress=True, per_label=not args.no_labels)
+    print(cov.summary())
+    cid = hb.save_coverage(book, cov.to_dict(), model.fingerprint(), f"{args.corpus}#{corpus_hash(args.corpus)}")
+    print(f"stored as coverage run {cid} in {book.path}")
+    return 0

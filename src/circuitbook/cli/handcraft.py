@@ -1,0 +1,95 @@
+"""``circuitbook handcraft SPEC --model MODEL --corpus PATH [--book BOOK.db]``: build a spec into the model,
+evaluate it against the original and its ablation baselines, print the figures and store them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CircuitbookError
+from ._common import add_model_args, load
+
+
+def register(sub) -> None:
+    p = sub.add_parser("handcraft", help="build a handcrafted spec into a model and measure the loss it recovers",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("spec", help="spec file (.yaml/.json; see docs/handcraft-spec.md)")
+    p.add_argument("--model", help="model directory or hub id (default: the book's model)")
+    p.add_argument("--corpus", required=True, help="stories (TinyStories .txt, text, .jsonl, hf:NAME)")
+    p.add_argument("--book", help="book file: reads token classes, stores the evaluation")
+    p.add_argument("--classes", help="JSON file {class name: [token ids]} (overrides the book's classes)")
+    p.add_argument("--stories", type=int, default=None, help="use only the first N stories")
+    p.add_argument("--fit-fraction", type=float, default=0.2,
+                   help="fraction of stories used to fit the spec and the ablation means (rest: evaluation)")
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--save-model", help="also write the handcrafted model as an HF checkpoint here")
+    p.add_argument("--json", action="store_true", help="print the full evaluation as JSON")
+    add_model_args(p, required=False)
+    p.set_defaults(func=main)
+
+
+def model_and_book(args):
+    from ..book import Book
+
+    book = Book.open(args.book) if getattr(args, "book", None) else None
+    if not args.model:
+        src = book.get_meta("model_source") if book is not None else None
+        if not src:
+            raise CircuitbookError("give --model (the book records no model source)")
+        args.model = src
+    return load(args), book
+
+
+def read_classes(args, book) -> dict:
+    from ..handcraft import token_classes_from_book
+
+    if args.classes:
+        try:
+            data = json.loads(Path(args.classes).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CircuitbookError(f"--classes {args.classes}: cannot read a JSON object ({e})") from None
+        if not isinstance(data, dict):
+            raise CircuitbookError(f"--classes {args.classes}: expected {{class name: [token ids]}}")
+        return {str(k): [int(i) for i in v] for k, v in data.items()}
+    return token_classes_from_book(book) if book is not None else {}
+
+
+def stories_of(args) -> list[str]:
+    from itertools import islice
+
+    from ..corpus import CorpusError, read_stories
+
+    stories = list(islice(read_stories(args.corpus), args.stories))
+    if len(stories) < 2:
+        raise CorpusError(f"{args.corpus}: need at least 2 stories (one to fit, one to evaluate)")
+    return stories
+
+
+def main(args) -> int:
+    from ..corpus import corpus_hash
+    from ..handcraft import evaluate_spec, load_spec, save_checkpoint
+    from ..handcraft.evaluate import store
+
+    spec = load_spec(Path(args.spec))
+    model, book = model_and_book(args)
+    if book is not None:
+        book.bind_model(model)
+    classes = read_classes(args, book)
+    stories = stories_of(args)
+    if not 0 < args.fit_fraction < 1:
+        raise CircuitbookError("--fit-fraction must be between 0 and 1")
+    n_fit = max(1, min(len(stories) - 1, round(len(stories) * args.fit_fraction)))
+    r = evaluate_spec(spec, model, stories[:n_fit], stories[n_fit:], classes, args.max_len, args.batch_size,
+                      progress=True)
+    print(f"spec {spec.name!r}: {len(r.built.replaced)} replaced, {len(r.built.added)} added, "
+          f"{len(r.built.removed)} units removed in the baselines; fitted on {n_fit} stories, "
+          f"evaluated on {len(stories) - n_fit}")
+    print(json.dumps(r.evaluation.to_dict(), indent=1) if args.json else r.evaluation.summary())
+    if args.save_model:
+        out = save_checkpoint(r.built.weights, model, args.save_model)
+        print(f"handcrafted model written to {out}")
+    if book is not None:
+        eid = store(book, r, model, f"{args.corpus}#{corpus_hash(args.corpus)}")
+        print(f"stored as evaluation {eid} in {book.path}")
+    return 0
