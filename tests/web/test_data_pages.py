@@ -82,6 +82,11 @@ def test_planted_head_page_and_index(demo_book):
     cells = re.findall(r"<code>(.*?)</code>", ov)
     pairs = list(zip(cells[::2], cells[1::2]))[:4]
     assert pairs and all(a == b and a in _strs(demo, "NAME") for a, b in pairs)
+    # the same view inline in a notebook
+    from circuitbook.book.render import view
+
+    nb = view(Book.open(path), "head", 0, h)._repr_html_()
+    assert "<svg class='cb-attn'" in nb and "Skip-trigrams" in nb and "<style>" in nb
     index = c.get("/").text
     assert "<th class=\"num\">copying</th>" in index and "<th class=\"num\">fire %</th>" in index
     # text search reaches the neurons' top tokens

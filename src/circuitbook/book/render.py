@@ -453,13 +453,42 @@ def section_html(name: str, sec: Any, ctx: Ctx | None = None) -> str:
     return f"<section class='cb-section' id='sec-{esc(name)}'><h2>{esc(title)}</h2>{body}</section>"
 
 
+SECTION_ORDER = ("scan", "circuits", "typing", "handcraft")  # then any other component, in registration order
+
+
+def attention_section_html(sec: Any, ctx: Ctx) -> str:
+    """A head's attention on its top examples as a heat map, from the scan section's stored windows
+    (``ScanSection.top``: examples with token ids, attention from the focus query, focus index)."""
+    rows = []
+    for ex in getattr(sec, "top", [])[:24]:
+        toks = ["" if t < 0 else ctx.tok(int(t)) for t in ex.tokens]
+        rows.append((toks, ex.values, ex.focus))
+    if not rows:
+        return ""
+    return ("<section class='cb-section' id='sec-attention'><h2>Attention patterns on top examples</h2>"
+            "<p class='hint'>Each row is one example: the query token (right, outlined) and the keys before it; "
+            "red = attention weight (hover for the value).</p>"
+            f"<div class='attn-wrap'>{attention_rows_svg(rows)}</div></section>")
+
+
+def unit_sections_html(unit, ctx: Ctx | None = None) -> list[str]:
+    """Every section of a unit as HTML, in SECTION_ORDER; heads with scan data get the attention heat map first."""
+    ctx = ctx or Ctx()
+    order = {n: i for i, n in enumerate(SECTION_ORDER)}
+    names = sorted(unit.sections, key=lambda n: order.get(n, len(order)))
+    out = []
+    if unit.kind == "head" and "scan" in unit.sections:
+        out.append(attention_section_html(unit.sections["scan"], ctx))
+    return out + [section_html(n, unit.sections[n], ctx) for n in names]
+
+
 def unit_html(unit, ctx: Ctx | None = None) -> str:
     """A whole unit (label, notes, status and every section) as one self-contained fragment."""
     ctx = ctx or Ctx()
     head = (f"<h1>{esc(unit.kind)} {esc(unit.key)}"
             f"{' — ' + esc(unit.label) if unit.label else ''} <small>[{esc(unit.status)}]</small></h1>")
     notes = f"<p class='notes'>{esc(unit.notes)}</p>" if unit.notes else ""
-    secs = "".join(section_html(n, s, ctx) for n, s in unit.sections.items())
+    secs = "".join(unit_sections_html(unit, ctx))
     return f"<div class='cb-unit'>{STYLE}{head}{notes}{secs or '<p><i>No findings in the book yet.</i></p>'}</div>"
 
 
@@ -474,6 +503,8 @@ STYLE = """<style>
 .cb-bars .bar{display:inline-block;height:8px;background:#e8903a}.cb-bars .bar.neg{background:#4a7bd0}
 .cb-examples .ex{margin:2px 0;border-bottom:1px solid #eee}.cb-examples .exmeta{color:#888;font-size:10px}
 .cb-kv th{text-align:left;vertical-align:top;color:#555}.cb-table td,.cb-table th{padding:1px 6px}
+.cb-attn .axis{fill:#888}.attn-wrap{overflow-x:auto}.cb-pairs{display:inline-table;vertical-align:top;margin-right:16px}
+.hint{color:#777;font-size:12px}
 </style>"""
 
 

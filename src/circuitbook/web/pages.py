@@ -23,7 +23,6 @@ from ..errors import CircuitbookError
 from .index import LABEL_FILTERS, Row, filter_rows, index_rows
 
 KINDS = ("neuron", "head")
-SECTION_ORDER = ("scan", "circuits", "typing", "handcraft")  # the rest follow in registration order
 _INT = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -153,12 +152,7 @@ class Site:
         except BookError as e:
             raise NotFound(str(e)) from None
         ctx = self.ctx(2)
-        order = {n: i for i, n in enumerate(SECTION_ORDER)}
-        names = sorted(unit.sections, key=lambda n: order.get(n, len(order)))
-        sections = []
-        if kind == "head" and "scan" in unit.sections:
-            sections.append(Markup(self._attention_section(unit.sections["scan"])))
-        sections += [Markup(render.section_html(n, unit.sections[n], ctx)) for n in names]
+        sections = [Markup(h) for h in render.unit_sections_html(unit, ctx)]
         history = [] if self.static else self.book.label_history(kind, layer, idx)[-20:][::-1]
         cfg = self.book.config or {}
         size = cfg.get("d_mlp" if kind == "neuron" else "n_heads")
@@ -167,20 +161,6 @@ class Site:
         return self._page("unit.html", 2, unit=unit, sections=sections, statuses=STATUSES, history=history,
                           prev_url=prev_url, next_url=next_url,
                           api=f"/api/unit/{kind}/{layer}/{idx}")
-
-    def _attention_section(self, sec) -> str:
-        """Heat map of the head's attention on its top examples (from the scan's stored windows)."""
-        strs = self.book.token_strs()
-        rows = []
-        for ex in getattr(sec, "top", [])[:24]:
-            toks = ["" if t < 0 else strs[t] if t < len(strs) else f"<{t}>" for t in ex.tokens]
-            rows.append((toks, ex.values, ex.focus))
-        if not rows:
-            return ""
-        return ("<section class='cb-section' id='sec-attention'><h2>Attention patterns on top examples</h2>"
-                "<p class='hint'>Each row is one example: the query token (right, outlined) and the keys before "
-                "it; red = attention weight (hover for the value).</p>"
-                f"<div class='attn-wrap'>{render.attention_rows_svg(rows)}</div></section>")
 
     # ------------------------------------------------------------------ prompt page
     def prompt_page(self, q, runner) -> tuple[str, int]:
