@@ -52,8 +52,15 @@ def make_model(arch: str, n_layers: int = 2, vocab: int = 61, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def gpt2_2l():
-    return make_model("gpt2", 2)
+def gpt2_2l_hf():
+    return make_hf("gpt2", 2)
+
+
+@pytest.fixture(scope="session")
+def gpt2_2l(gpt2_2l_hf):
+    from circuitbook.model import from_hf_model
+
+    return from_hf_model(gpt2_2l_hf)
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +69,42 @@ def neo_1l():
 
 
 @pytest.fixture(scope="session")
-def llama_2l():
-    return make_model("llama", 2, vocab=47)
+def llama_2l_hf():
+    return make_hf("llama", 2, vocab=47)
+
+
+@pytest.fixture(scope="session")
+def llama_2l(llama_2l_hf):
+    from circuitbook.model import from_hf_model
+
+    return from_hf_model(llama_2l_hf)
+
+
+@pytest.fixture(scope="session")
+def tl_bridge(gpt2_tokenizer_dir, tmp_path_factory):
+    """TransformerLens (test-only) on a copy of an in-memory HF model, in HookedTransformer-compatible mode
+    (fold_ln, centre writing weights and unembed): factory(hf_model, name) -> TransformerBridge, cached.
+    (The bridge processes the weights of the model it wraps in place, hence the copy.)"""
+    import copy
+    import shutil
+
+    tl = pytest.importorskip("transformer_lens.model_bridge")
+    from transformers import GPT2TokenizerFast
+
+    d = tmp_path_factory.mktemp("tok")
+    shutil.copy(gpt2_tokenizer_dir / "encoder.json", d / "vocab.json")
+    shutil.copy(gpt2_tokenizer_dir / "vocab.bpe", d / "merges.txt")
+    tok = GPT2TokenizerFast.from_pretrained(str(d))
+
+    cache = {}
+
+    def boot(hf, name):
+        if id(hf) not in cache:
+            b = tl.TransformerBridge.boot_transformers(name, hf_model=copy.deepcopy(hf), tokenizer=tok)
+            b.enable_compatibility_mode(disable_warnings=True)
+            cache[id(hf)] = (hf, b)
+        return cache[id(hf)][1]
+    return boot
 
 
 @pytest.fixture(scope="session", params=["gpt2", "gpt_neo", "llama"])

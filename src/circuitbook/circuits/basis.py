@@ -2,7 +2,10 @@
 
 Weights are ``weights.processed()`` in float32: every norm's weight/bias folded into the matrices that read
 it (so a norm is a pure normalisation), writing weights centred for LayerNorm models, the unembedding
-centred (logits shift by a per-position constant; log-probs are unchanged).
+centred (logits shift by a per-position constant; log-probs are unchanged). For LayerNorm models the
+*reading* weights (W_Q, W_K, W_V, W_in, W_gate, W_U) are also centred over their d_model (input) axis: a
+LayerNorm output has zero mean, so that component is never read. This is TransformerLens' basis
+(``fold_ln`` with centred weights), which composition scores and eigenvalues depend on.
 
 Token inputs go through the norm *exactly*: ``embed[t] = normalize(W_E[t] + mean(W_pos[:pos_window]))`` is
 what the first layer's ln1 (and, in a model with attention and MLPs removed, ln_final) outputs for token t at
@@ -98,6 +101,8 @@ def make_basis(weights, scales: NormScales | None = None, pos_window: int = 256)
     cfg = weights.cfg
     w = weights.to(dtype=torch.float32)
     w = w if "fold_ln" in w.processing else w.processed()
+    if cfg.norm == "LN" and "center_reading_weights" not in w.processing:
+        w = center_reading_weights(w)
     norm = lambda x: normalize(x, cfg.norm, cfg.eps)  # noqa: E731
     if w.W_pos is not None:
         n = max(1, min(pos_window, w.W_pos.shape[0]))
@@ -106,6 +111,19 @@ def make_basis(weights, scales: NormScales | None = None, pos_window: int = 256)
     else:
         n, embed, pos = 0, norm(w.W_E), None
     return Basis(w, embed.contiguous(), pos, scales or NormScales.unit(cfg.n_layers), n)
+
+
+def center_reading_weights(w: Weights) -> Weights:
+    """Remove the mean over d_model from every matrix that reads a (weightless, folded) LayerNorm's output.
+
+    Exact only after ``fold_ln`` on a LayerNorm model: the norm's output has zero mean, so ``x @ W`` is unchanged.
+    """
+    if w.cfg.norm != "LN" or "fold_ln" not in w.processing:
+        raise CircuitError("centring reading weights needs folded LayerNorm weights")
+    c = lambda t, axis: None if t is None else t - t.mean(axis, keepdim=True)  # noqa: E731
+    return w.replace(W_Q=c(w.W_Q, -2), W_K=c(w.W_K, -2), W_V=c(w.W_V, -2), W_in=c(w.W_in, -2),
+                     W_gate=c(w.W_gate, -2), W_U=c(w.W_U, 0),
+                     processing=w.processing + ("center_reading_weights",))
 
 
 @torch.inference_mode()

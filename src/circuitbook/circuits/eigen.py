@@ -6,6 +6,7 @@ eigenvalues as the small ``B @ A`` [r, r], so a 50257 x 50257 circuit costs an r
 Copying score (Elhage et al. 2021, "A Mathematical Framework"): ``sum(Re λ) / sum(|λ|)``, in [-1, 1]: near 1
 when the circuit maps tokens onto themselves (copying), near -1 when it suppresses them.
 ``positive_share``: the share of eigenvalue mass (|λ|) on eigenvalues with positive real part.
+Both are 0 for a circuit without eigenvalue mass (nilpotent, e.g. a head that maps b -> c only).
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ class EigenSummary:
     positive_share: float
 
 
-def factored_eigenvalues(A: Tensor, B: Tensor) -> Tensor:
-    """The eigenvalues of ``A @ B`` that can be nonzero (those of ``B @ A``), complex128, by |λ| descending."""
-    ev = torch.linalg.eigvals((B.double() @ A.double()))
+def factored_eigenvalues(A: Tensor, B: Tensor, rtol: float = 1e-6) -> Tensor:
+    """The eigenvalues of ``A @ B`` that can be nonzero (those of ``B @ A``), complex128, by |λ| descending.
+
+    Eigenvalues below ``rtol * ||A @ B||_F`` are rounding noise of a zero eigenvalue and are set to 0 (so a
+    circuit with no eigenvalue mass, e.g. one mapping b -> c only, gets copying score 0, not a random sign).
+    """
+    A, B = A.double(), B.double()
+    ev = torch.linalg.eigvals(B @ A)
+    frob = float(((A.T @ A) * (B @ B.T)).sum().clamp_min(0).sqrt())  # ||A B||_F without forming A B
+    ev = torch.where(ev.abs() < rtol * frob, torch.zeros_like(ev), ev)
     return ev[ev.abs().argsort(descending=True)]
 
 
