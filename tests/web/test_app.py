@@ -155,3 +155,16 @@ def test_labels_only_book_without_model(tmp_path):
     c = TestClient(create_app(b), base_url="http://127.0.0.1")
     assert "lonely" in c.get("/").text
     assert c.get("/neuron/2/17").status_code == 200
+
+
+def test_handcraft_results_show(client, book):
+    from circuitbook.book import handcraft
+
+    handcraft.save_evaluation(book, "pronoun <spec>", "spec text", {
+        "n_tokens": 100, "ce_original": 2.0, "ce_handcrafted": 2.5, "recovered": {"zero": 0.6, "mean": 0.75}},
+        [("neuron", 0, 5, "replaced", "pv <neuron>")])
+    handcraft.save_coverage(book, {"mode": "mean", "n_tokens": 100, "ce_original": 2.0, "ce_ablated": 3.0,
+                                   "ce_kept": 2.2, "recovered": 0.8, "units": [["neuron", 0, 5]]})
+    assert "recover 80.0% of the loss" in client.get("/").text
+    page = client.get("/neuron/0/5").text
+    assert "pronoun &lt;spec&gt;" in page and "pv &lt;neuron&gt;" in page and "0.750" in page

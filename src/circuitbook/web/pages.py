@@ -124,7 +124,17 @@ class Site:
             layers=list(range(cfg.get("n_layers", 0))), types=sorted({r.type for r in rows if r.type}),
             classes=sorted({r.cls for r in rows if r.cls}), label_filters=LABEL_FILTERS,
             has_concepts=self.concept_search_available() and not self.static, cfg=cfg,
-            n_labelled=sum(1 for r in rows if r.label), concept_error=concept_error)
+            n_labelled=sum(1 for r in rows if r.label), concept_error=concept_error, coverage=self._coverage())
+
+    def _coverage(self) -> dict | None:
+        """The handcraft stage's latest coverage run (headline numbers), when the book has one."""
+        if "handcraft" not in self.book.schema_versions():
+            return None
+        from ..book import handcraft
+
+        c = handcraft.latest_coverage(self.book)
+        return None if c is None else {k: c.get(k) for k in ("mode", "n_tokens", "recovered", "n_units", "ce_original",
+                                                              "ce_ablated", "ce_kept")}
 
     def concept_search_available(self) -> bool:
         return _concept_search(self) is not None
