@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--r", type=int, default=4, help="sampled examples per activation band (default 4)")
     p.add_argument("--before", type=int, default=32, help="context tokens before the focus token (default 32)")
     p.add_argument("--after", type=int, default=8, help="context tokens after it (default 8)")
-    p.add_argument("--max-len", type=int, default=512, help="tokens per sequence incl. BOS (default 512)")
+    p.add_argument("--max-len", type=int, default=None, help="tokens per sequence incl. BOS (default: 512 or the "
+                   "model's context if smaller)")
     p.add_argument("--max-tokens", type=int, default=None, help="stop after this many story tokens")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--shard", default="0/1", help="scan stories i mod n only (i/n); merge the books later")

@@ -65,8 +65,8 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
     settings.shard = (0, 1)
     identity = {**ident0, "shard": [0, 1] if ident0.get("max_tokens") is None else [0, -n]}
     first = Book.open(inputs[0], create=False)
-    progress = {k: states.progress[k] for k in ("sequences", "tokens", "story_tokens")}
-    progress["last"] = None
+    progress = {k: states.progress[k] for k in ("sequences", "tokens")}
+    progress["batch"], progress["last"] = None, None
     progress["merged_from"] = [str(p) for p in inputs]
     with ob.transaction() as c:
         for key in ("model_fingerprint", "model_source", "model_config", "scan_corpus"):

@@ -46,14 +46,15 @@ class ScanError(CircuitbookError, RuntimeError):
 
 @dataclasses.dataclass
 class ScanSettings:
-    """What a scan records. Everything except batch_size and checkpoint_every is part of the scan's
-    identity: resuming or merging needs the same values."""
+    """What a scan records. Everything except checkpoint_every is part of the scan's identity: resuming
+    or merging needs the same values (batch_size too: it decides which sequences share a forward, and a
+    forward's last bits can depend on that)."""
 
     k: int = 32  # top examples per unit
     r: int = 4  # sampled examples per activation band
     before: int = 32  # context tokens before the focus
     after: int = 8  # and after
-    max_len: int = 512  # tokens per sequence, BOS included (longer stories are cut into windows)
+    max_len: int | None = None  # tokens per sequence, BOS included; None: min(512, model context)
     max_tokens: int | None = None  # stop after this many story tokens (whole sequences)
     shard: tuple[int, int] = (0, 1)
     token_k: int = 32  # tokens kept per neuron for token_means
@@ -65,7 +66,6 @@ class ScanSettings:
 
     def identity(self) -> dict:
         d = dataclasses.asdict(self)
-        d.pop("batch_size")
         d.pop("checkpoint_every")
         d["shard"] = list(self.shard)
         return d
@@ -121,7 +121,7 @@ class ScanState:
         W = s.before + 1 + s.after
         return cls([NeuronAccumulator(cfg.d_mlp, s.k, s.r, W, cfg.d_vocab, device) for _ in range(cfg.n_layers)],
                    [HeadAccumulator(cfg.n_heads, s.k, W, cfg.d_vocab, s.pair_min, device) for _ in range(cfg.n_layers)],
-                   {"sequences": 0, "tokens": 0, "story_tokens": 0, "last": None})
+                   {"sequences": 0, "tokens": 0, "batch": -1})
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -139,7 +139,7 @@ class ScanState:
             a.merge(b)
         for a, b in zip(self.heads, other.heads):
             a.merge(b)
-        for key in ("sequences", "tokens", "story_tokens"):
+        for key in ("sequences", "tokens"):
             self.progress[key] += other.progress[key]
 
 
@@ -169,20 +169,15 @@ def _stories(corpus) -> tuple[Iterable[str], str, str]:
     return (lambda: iter(stories)), h, f"<{len(stories)} stories in memory>"
 
 
-def _sequences(stories: Iterable[str], tokenizer, s: ScanSettings, progress: dict) -> Iterator[tuple[int, int, list[int]]]:
-    """This shard's (story, window, ids) after ``progress['last']``, stopping at max_tokens."""
-    i, n = s.shard
-    prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-    body = s.max_len - len(prefix)
-    last = tuple(progress["last"]) if progress["last"] else (-1, -1)
-    done = progress["story_tokens"]
+def _sequences(stories: Iterable[str], tokenizer, s: ScanSettings) -> Iterator[tuple[int, int, list[int]]]:
+    """The whole corpus as (story, window, ids), BOS first, cut after max_tokens story tokens (whole
+    sequences: the last one may run past the limit)."""
+    prefix = [tokenizer.bos_id]
+    body = s.max_len - 1
+    done = 0
     for story, text in enumerate(stories):
-        if story % n != i or story < last[0]:
-            continue
         ids = tokenizer.encode(text)
         for w, start in enumerate(range(0, len(ids), body)):
-            if (story, w) <= last:
-                continue
             if s.max_tokens is not None and done >= s.max_tokens:
                 return
             chunk = ids[start:start + body]
@@ -201,9 +196,15 @@ def _batches(seqs, batch_size: int):
         yield pending
 
 
-def _count_shard_stories(stories: Iterable[str], shard) -> int:
-    i, n = shard
-    return sum(1 for s, _ in enumerate(stories) if s % n == i)
+def shard_batches(stories: Iterable[str], tokenizer, s: ScanSettings, after: int = -1):
+    """(global batch index, [(story, window, ids)]) of this shard: batch j of the corpus's batch stream
+    goes to shard j mod n. Every shard forms the same batches as a single run, so it computes the very
+    same activations (a forward's last bits can depend on the batch it runs in) and merged shards equal
+    the single-run book. Batches up to ``after`` (done before a resume) are skipped."""
+    i, n = s.shard
+    for j, group in enumerate(_batches(_sequences(stories, tokenizer, s), s.batch_size)):
+        if j % n == i and j > after:
+            yield j, group
 
 
 # ------------------------------------------------------------------ the scan
@@ -219,6 +220,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     s = dataclasses.replace(settings or ScanSettings(), **overrides)
     s.shard = tuple(s.shard)
     cfg = model.cfg
+    if s.max_len is None:
+        s.max_len = min(512, cfg.n_ctx)
     s.check(cfg.n_ctx)
     if model.tokenizer is None or model.tokenizer.bos_id is None:
         raise ScanError("the scan needs the model's tokenizer with a BOS / story separator token "
@@ -262,19 +265,14 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     if progress:
         from tqdm.auto import tqdm
 
-        if s.max_tokens is not None:
-            bar = tqdm(total=s.max_tokens, initial=min(prog["story_tokens"], s.max_tokens), unit="tok",
-                       unit_scale=True, desc="scan", dynamic_ncols=True)
-        else:
-            total = _count_shard_stories(get_stories(), s.shard)
-            done = 0 if prog["last"] is None else _count_shard_stories(
-                (x for _, x in zip(range(prog["last"][0] + 1), get_stories())), s.shard)
-            bar = tqdm(total=total, initial=done, unit="story", desc="scan", dynamic_ncols=True)
+        total = sum(1 for _ in get_stories()) if s.max_tokens is None else None
+        bar = tqdm(total=total, unit="story", desc="scan" + (f" {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""),
+                   dynamic_ncols=True)
 
     t0 = time.time()
     new_tokens, since = 0, 0
     try:
-        for group in _batches(_sequences(get_stories(), model.tokenizer, s, prog), s.batch_size):
+        for bi, group in shard_batches(get_stories(), model.tokenizer, s, after=prog["batch"]):
             T = max(len(ids) for _, _, ids in group)
             tokens = torch.zeros((len(group), T), dtype=torch.long)
             mask = torch.zeros((len(group), T), dtype=torch.bool)
@@ -293,16 +291,13 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             n_tok = len(ctx.rows)
             prog["sequences"] += len(group)
             prog["tokens"] += n_tok
-            prog["story_tokens"] += n_tok
+            prog["batch"] = bi
             prog["last"] = [group[-1][0], group[-1][1]]
             new_tokens += n_tok
             since += 1
             if bar is not None:
                 el = max(time.time() - t0, 1e-9)
-                if s.max_tokens is not None:
-                    bar.update(min(n_tok, s.max_tokens - bar.n))
-                else:
-                    bar.update(sum(1 for g in group if g[1] == 0))  # stories started
+                bar.update(group[-1][0] + 1 - bar.n)  # stories read so far (all shards read them all)
                 bar.set_postfix_str(f"{new_tokens / el:,.0f} tok/s", refresh=False)
             if since >= s.checkpoint_every:
                 with book.transaction() as c:
