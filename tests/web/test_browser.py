@@ -118,3 +118,28 @@ def test_index_renders_and_navigates(browser, book_path):
         assert _by_id(browser, "unit-key").text == "H0.3"
         browser.get(url + "/neuron/0/999")
         assert "no neuron 999" in _by_id(browser, "error-message").text
+
+
+def test_static_export_browses_from_disk(browser, book_path, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from circuitbook.web import export_site
+
+    Book.open(book_path).set_label("neuron", 0, 33, label="article detector", status="supported")
+    out = tmp_path / "site"
+    export_site(Book.open(book_path, readonly=True), out, progress=False)
+    browser.get((out / "index.html").as_uri())
+    visible = lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#units tbody tr") if r.is_displayed()]  # noqa: E731
+    assert len(visible()) == 64 + 4
+    browser.find_element(By.ID, "q").send_keys("article")  # filters in the page, no server
+    assert [r.find_element(By.TAG_NAME, "a").text for r in visible()] == ["N0.33"]
+    assert browser.find_element(By.ID, "shown-count").text == "1"
+    browser.find_element(By.LINK_TEXT, "N0.33").click()
+    assert browser.current_url.endswith("/neuron/0/33.html")
+    assert browser.find_element(By.ID, "label-text").text == "article detector"
+    assert browser.execute_script("return getComputedStyle(document.body).margin") == "0px"  # stylesheet loaded
+    browser.find_element(By.ID, "next").click()
+    assert browser.current_url.endswith("/neuron/0/34.html")
+    browser.get((out / "neuron" / "0" / "7.html").as_uri())  # the markup label, from disk
+    assert browser.execute_script("return window.cbPwned === undefined")
+    assert browser.find_element(By.ID, "label-text").text == XSS
