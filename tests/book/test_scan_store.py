@@ -57,7 +57,7 @@ def test_unit_sections_render_escaped(book):
     u = book.neuron(0, 0)
     assert isinstance(u["scan"], q.ScanSection)
     html = u._repr_html_() + book.head(0, 0)._repr_html_()
-    assert "<script>" not in html and "    assert "<script>" not in html and "&lt;script&gt;" in htmllt;" in html and "script" in html
+    assert "<script>" not in html and "&lt;" in html and "script" in html
     assert "<b>bold" not in html
     from circuitbook.book.render import view
 
