@@ -51,8 +51,9 @@ class BatchContext:
         ok = (tj >= 0) & (tj < self.lengths[b][:, None])
         return b, tj.clamp(0, T - 1), ok
 
-    def window_tokens(self, flat: Tensor) -> Tensor:
-        """[s, W] int32 token ids around each focus (-1 outside the sequence)."""
-        b, tj, ok = self.window_positions(flat)
+    def window_tokens(self, flat: Tensor, where: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """[s, W] int32 token ids around each focus (-1 outside the sequence); ``where``: the focus's
+        window_positions if already computed."""
+        b, tj, ok = where if where is not None else self.window_positions(flat)
         tok = self.tokens[b[:, None], tj].to(torch.int32)
         return tok.masked_fill_(~ok, -1)

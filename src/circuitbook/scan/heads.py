@@ -66,19 +66,19 @@ class HeadAccumulator:
         def fetch(h, j):
             c = cols[h, j]
             focus = ctx.rows[c]
-            b, tj, ok = ctx.window_positions(focus)
+            where = b, tj, ok = ctx.window_positions(focus)
             t = focus % T
             val = P[b[:, None], h[:, None], t[:, None], tj]
             val = val.masked_fill_(~ok | (tj > t[:, None]), float("nan"))
-            return ctx.window_tokens(focus), val, t - stats[h, c, 6].long()
+            return ctx.window_tokens(focus, where), val, t - stats[h, c, 6].long()
         self.top.update(vals, ctx.keys[cols], fetch)
 
         # (query token -> key token) attention mass
         counted = torch.zeros(B * T, dtype=torch.bool, device=P.device)
         counted[ctx.rows] = True
-        sel = (P[..., 1:] >= self.pair_min) & counted.view(B, 1, T, 1)
-        b, h, q, k = sel.nonzero(as_tuple=True)
-        k = k + 1
+        b, h, q, k = (P >= self.pair_min).nonzero(as_tuple=True)
+        keep = (k > 0) & counted[b * T + q]  # no BOS key, counted queries only
+        b, h, q, k = b[keep], h[keep], q[keep], k[keep]
         V = self.d_vocab
         ids = (h * V + ctx.tokens[b, q]) * V + ctx.tokens[b, k]
         mass = (P[b, h, q, k] * Q).round_().double()

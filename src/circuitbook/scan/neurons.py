@@ -135,10 +135,10 @@ class NeuronAccumulator:
     def _fetch(self, flat: Tensor, ctx: BatchContext, u: Tensor, col: Tensor):
         """Windows of examples (unit u [s], counted-position index col [s]): tokens, values, extra."""
         focus = ctx.rows[col]
-        b, tj, ok = ctx.window_positions(focus)
+        where = b, tj, ok = ctx.window_positions(focus)
         T = ctx.tokens.shape[1]
         val = flat[b[:, None] * T + tj, u[:, None]].float().masked_fill_(~ok, float("nan"))
-        return ctx.window_tokens(focus), val, torch.zeros_like(u)
+        return ctx.window_tokens(focus, where), val, torch.zeros_like(u)
 
     def _rows_for(self, ids: Tensor) -> Tensor:
         """Rows of the per-token table for token ids [u], adding rows for tokens seen the first time."""

@@ -1,0 +1,200 @@
+"""Scan speed, memory and book size, with anchors measured in the same run.
+
+    python benchmarks/bench_scan.py [--tokens21 16000] [--tokens-dev 30000] [--skip-full]
+
+For the exact TinyStories-1Layer-21M config (random weights: vocab 50257, d_model 1024, 16 heads, 4096
+neurons) and for ts-1l-dev:
+  * bare forward with the scan's taps (the anchor) vs the scan loop: bookkeeping overhead (target <= 15%),
+    over all batches and over the second half (after the top-k / reservoirs have warmed up);
+  * TransformerLens run_with_cache (pattern + hook_post) + a naive per-neuron top-k with context windows,
+    in a Python loop over neurons (target: scan >= 8x faster);
+  * scan_corpus end to end in a subprocess: tokens/s, finalize time, book size, peak RSS (4096 x 32);
+  * wall time to scan all 1,841 shared stories with ts-1l-dev.
+The machine may be shared: the load average is printed next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+STORIES = ASSETS / "tinystories-text" / "TinyStories-valid.prefix-1841stories.txt"
+DEV = ASSETS / "ts-1l-dev"
+
+
+def model_for(name: str):
+    from circuitbook.model import Tokenizer, from_hf_model, load_model
+
+    if name == "dev":
+        return load_model(DEV)
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoConfig(vocab_size=50257, hidden_size=1024, num_layers=1, attention_types=[[["global"], 1]],
+                       num_heads=16, intermediate_size=4096, max_position_embeddings=2048, window_size=256)
+    return from_hf_model(GPTNeoForCausalLM(cfg).eval(), Tokenizer.from_dir(DEV, bos_id=50256), source="random-1L-21M")
+
+
+def tensors(group):
+    T = max(len(x[2]) for x in group)
+    tok = torch.zeros(len(group), T, dtype=torch.long)
+    mask = torch.zeros(len(group), T, dtype=torch.bool)
+    for j, (_, _, ids) in enumerate(group):
+        tok[j, :len(ids)] = torch.tensor(ids)
+        mask[j, :len(ids)] = True
+    return tok, mask
+
+
+def part_loop(name: str, max_tokens: int, batch_size: int) -> dict:
+    """Per batch: bare forward (taps) timed apart from the scan's bookkeeping; then TL + naive top-k."""
+    from circuitbook.corpus import read_stories
+    from circuitbook.scan.context import BatchContext
+    from circuitbook.scan.run import ScanSettings, ScanState, shard_batches
+
+    model = model_for(name)
+    s = ScanSettings(max_tokens=max_tokens, batch_size=batch_size, max_len=512)
+    batches = [g for _, g in shard_batches(read_stories(STORIES), model.tokenizer, s)]
+    cfg = model.cfg
+    taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
+    state = ScanState.fresh(cfg, s, "cpu")
+    fwd, upd, ntok = [], [], []
+    model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels
+    for g in batches:
+        tok, mask = tensors(g)
+        ctx = BatchContext.build(tok, mask, torch.tensor([x[0] for x in g]), torch.tensor([x[1] for x in g]),
+                                 s.max_len, s.before, s.after)
+        t0 = time.perf_counter()
+        out = model.run(tok, taps)
+        t1 = time.perf_counter()
+        for l in range(cfg.n_layers):
+            state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+            state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        upd.append(t2 - t1)
+        ntok.append(len(ctx.rows))
+    h = len(batches) // 2
+    res = {"model": name, "batches": len(batches), "tokens": sum(ntok), "batch_size": batch_size,
+           "fwd_s": sum(fwd), "update_s": sum(upd), "overhead_all": sum(upd) / sum(fwd),
+           "overhead_2nd_half": sum(upd[h:]) / sum(fwd[h:]), "bare_tok_s": sum(ntok) / sum(fwd),
+           "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
+           "scan_tok_s_2nd_half": sum(ntok[h:]) / (sum(fwd[h:]) + sum(upd[h:]))}
+
+    # TransformerLens + naive per-neuron top-k on the first batches
+    import transformer_lens as tl
+
+    from circuitbook.model import to_transformer_lens
+
+    c = cfg
+    tcfg = tl.HookedTransformerConfig(
+        n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
+        d_vocab=c.d_vocab, act_fn="gelu_new", normalization_type="LN", use_attn_scale=False,
+        attn_types=c.attn_types, window_size=c.window, eps=c.eps, default_prepend_bos=False)
+    ht = tl.HookedTransformer(tcfg)
+    ht.load_state_dict(to_transformer_lens(model.weights), strict=False)
+    ht.eval()
+    k, before, after = s.k, s.before, s.after
+    tops = [[] for _ in range(c.d_mlp)]  # per neuron: list of (value, story, pos, window tokens, window acts)
+    n_tl = min(2, len(batches))
+    t0 = time.perf_counter()
+    tl_tok = 0
+    for g in batches[:n_tl]:
+        tok, mask = tensors(g)
+        with torch.no_grad():
+            _, cache = ht.run_with_cache(tok, names_filter=lambda n: n.endswith(("hook_post", "hook_pattern")))
+        acts = cache["blocks.0.mlp.hook_post"]
+        acts = acts.masked_fill(~mask[..., None], float("-inf"))
+        acts[:, 0] = float("-inf")
+        flat = acts.reshape(-1, c.d_mlp)
+        T = tok.shape[1]
+        for n in range(c.d_mlp):  # the naive way: one neuron at a time, windows cut for every candidate
+            v, i = flat[:, n].topk(k)
+            cand = list(tops[n])
+            for j in range(k):
+                b, p = int(i[j]) // T, int(i[j]) % T
+                lo = max(0, p - before)
+                cand.append((float(v[j]), tok[b, lo:p + after + 1].tolist(), acts[b, lo:p + after + 1, n].tolist()))
+            cand.sort(key=lambda x: -x[0])
+            tops[n] = cand[:k]
+        tl_tok += int(mask[:, 1:].sum())
+    tl_s = time.perf_counter() - t0
+    res.update({"tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s, "speedup_vs_tl": res["scan_tok_s"] / (tl_tok / tl_s)})
+    return res
+
+
+def part_scan(name: str, max_tokens: int | None, batch_size: int) -> dict:
+    """scan_corpus end to end (this process's peak RSS is reported by the parent)."""
+    from circuitbook.scan import scan_corpus
+
+    model = model_for(name)
+    out = Path(tempfile.mkdtemp()) / "book.db"
+    t0 = time.perf_counter()
+    summ = scan_corpus(model, STORIES, out, max_tokens=max_tokens, batch_size=batch_size, max_len=512, progress=False)
+    wall = time.perf_counter() - t0
+    res = {"model": name, "tokens": summ.tokens, "wall_s": wall, "loop_s": summ.seconds,
+           "finalize_s": wall - summ.seconds, "scan_tok_s": summ.tokens_per_s, "book_mib": summ.book_bytes / 2**20,
+           "n_neurons": summ.n_neurons}
+    os.unlink(out)
+    return res
+
+
+def child(args: list[str]) -> dict:
+    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["loop", "scan"])
+    ap.add_argument("--model", default="dev")
+    ap.add_argument("--tokens", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--tokens21", type=int, default=16000)
+    ap.add_argument("--tokens-dev", type=int, default=30000)
+    ap.add_argument("--skip-full", action="store_true")
+    a = ap.parse_args()
+    if a.part == "loop":
+        print(json.dumps(part_loop(a.model, a.tokens, a.batch_size)))
+        return
+    if a.part == "scan":
+        print(json.dumps(part_scan(a.model, a.tokens, a.batch_size)))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
+    rows = []
+    for name, n in (("21M", a.tokens21), ("dev", a.tokens_dev)):
+        r = child(["--part", "loop", "--model", name, "--tokens", str(n)])
+        print(f"[{name}] {r['tokens']:,} tokens in {r['batches']} batches of {r['batch_size']} stories: "
+              f"bare forward {r['bare_tok_s']:,.0f} tok/s, scan {r['scan_tok_s']:,.0f} tok/s -> bookkeeping overhead "
+              f"{100 * r['overhead_all']:.1f}% (2nd half {100 * r['overhead_2nd_half']:.1f}%, target <= 15%); "
+              f"TransformerLens run_with_cache + naive per-neuron top-k {r['tl_tok_s']:,.0f} tok/s -> scan is "
+              f"{r['speedup_vs_tl']:.1f}x faster (target >= 8x)   [load {os.getloadavg()[0]:.1f}]", flush=True)
+        rows.append(r)
+    r = child(["--part", "scan", "--model", "21M", "--tokens", str(a.tokens21)])
+    print(f"[21M] scan_corpus {r['tokens']:,} tokens: {r['wall_s']:.1f}s wall ({r['scan_tok_s']:,.0f} tok/s in the loop, "
+          f"{r['finalize_s']:.1f}s writing results); book {r['book_mib']:.1f} MiB for {r['n_neurons']} neurons x 32 "
+          f"examples (+ quantile samples); peak RSS {r['peak_rss_mib']:,.0f} MiB   [load {os.getloadavg()[0]:.1f}]",
+          flush=True)
+    if not a.skip_full:
+        r = child(["--part", "scan", "--model", "dev"])
+        print(f"[dev] all 1,841 stories ({r['tokens']:,} tokens): {r['wall_s']:.1f}s wall "
+              f"({r['scan_tok_s']:,.0f} tok/s in the loop, {r['finalize_s']:.1f}s writing results); book "
+              f"{r['book_mib']:.1f} MiB   [load {os.getloadavg()[0]:.1f}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
