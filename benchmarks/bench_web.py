@@ -10,6 +10,8 @@
 3. Graph: ts-1l-dev (../shared/assets), a 64-token prompt: ``attribute`` alone (anchor) and the whole prompt
    page (predictions + graph + SVG) over HTTP, each prompt new so no cache helps. Target: < 1 s.
 
+4. Static export: seconds per page written (``export_site``), extrapolated to the whole book.
+
 Usage: python benchmarks/bench_web.py [--stories 60] [--neurons 200] [--circuits] [--book PATH (reuse)]
 """
 
@@ -108,6 +110,7 @@ def main():
     ap.add_argument("--circuits", action="store_true", help="also run the circuits stage on the book")
     ap.add_argument("--book", default=None, help="reuse (or create) this book instead of a temporary one")
     ap.add_argument("--graphs", type=int, default=5, help="64-token prompts timed (default 5)")
+    ap.add_argument("--export", type=int, default=200, help="neuron pages written by the static export (default 200)")
     a = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -156,6 +159,16 @@ def main():
     p95 = pct(t_neuron, 95)
     print(f"  neuron page p95 {p95:.1f} ms vs target 100 ms: {'OK' if p95 < 100 else 'MISSED'} "
           f"(x{p95 / pct(t_static, 95):.1f} the HTTP floor, x{pct(t_neuron, 50) / pct(t_read, 50):.1f} the book read)")
+
+    # ---- static export (read-only book, files on disk)
+    from circuitbook.web import export_site
+
+    t = time.perf_counter()
+    n = export_site(Book.open(path, readonly=True), Path(tmp.name) / "site",
+                    units=[("neuron", 0, i) for i in neurons[: a.export]], progress=False)
+    dt = time.perf_counter() - t
+    print(f"static export: {n} pages (index + {n - 1} neuron pages) in {dt:.1f} s, {1000 * dt / n:.0f} ms/page "
+          f"-> the whole book ({cfg['d_mlp'] + cfg['n_heads']} unit pages) in ~{dt / n * (cfg['d_mlp'] + cfg['n_heads']):.0f} s")
 
     # ---- graph for a 64-token prompt on ts-1l-dev
     from circuitbook.graph import attribute

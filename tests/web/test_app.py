@@ -168,3 +168,21 @@ def test_handcraft_results_show(client, book):
     assert "recover 80.0% of the loss" in client.get("/").text
     page = client.get("/neuron/0/5").text
     assert "pronoun &lt;spec&gt;" in page and "pv &lt;neuron&gt;" in page and "0.750" in page
+
+
+def test_head_composition_links_other_heads(tmp_path):
+    import numpy as np
+
+    from circuitbook.book import circuits
+
+    b = Book.open(tmp_path / "two.db")
+    b.set_meta("model_config", {"n_layers": 2, "d_mlp": 4, "n_heads": 2})
+    scores = np.zeros((2, 2, 2, 2))
+    scores[0, 1, 1, 0] = 0.7
+    with b.transaction() as c:
+        circuits.store_head_scores(c, 1, 0, {"ov_copying": 0.25})
+        circuits.store_composition(c, "K", scores)
+    page = TestClient(create_app(b), base_url="http://127.0.0.1").get("/head/1/0").text
+    row = re.search(r"id='composition'>.*?</table>", page, re.S).group(0)
+    assert "<td>K</td><td><a class='unit-link' href='/head/0/1'>H0.1</a> &rarr; " \
+           "<a class='unit-link' href='/head/1/0'>H1.0</a></td><td class='num'>0.7</td>" in row
