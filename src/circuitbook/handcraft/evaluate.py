@@ -204,7 +204,7 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
             item = (v, counter, b.tokens[r, max(0, c - context + 1):c + 2].clone(), int(b.story[r]), c,
                     float(lo_m[i]), float(lh_m[i]))
             counter += 1
-            if len(heap) < top_k:
+            if len(heap) < 4 * top_k:  # room for repeated contexts, deduplicated at the end
                 heapq.heappush(heap, item)
             elif v > heap[0][0]:
                 heapq.heapreplace(heap, item)
@@ -212,11 +212,13 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
         from .spec import SpecError
 
         raise SpecError("the evaluation corpus gave no positions to score")
-    worst = []
+    worst, seen = [], set()
     for v, _, ctx, story, c, l_o, l_h in sorted(heap, key=lambda t: -t[0]):
         text = tokenizer.decode(ctx[:-1].tolist()) if tokenizer else " ".join(map(str, ctx[:-1].tolist()))
         tgt_s = tokenizer.token_str(int(ctx[-1])) if tokenizer else str(int(ctx[-1]))
-        worst.append(TokenLoss(story, c + 1, text, tgt_s, l_o, l_h, v))
+        if (text, tgt_s) not in seen and len(worst) < top_k:
+            seen.add((text, tgt_s))
+            worst.append(TokenLoss(story, c + 1, text, tgt_s, l_o, l_h, v))
     ce_o, ce_h = tot["orig"] / n, tot["hand"] / n
     ce_b = {k: v / n for k, v in tot_bl.items()}
     if by_t is not None:
