@@ -46,3 +46,19 @@ def test_factored_circuit_tops_and_progress():
     assert seen == [2, 4, 6, 8, 9]
     assert torch.equal(ct.top.ids, (A @ B).topk(2, -1).indices) and ct.bottom_pairs is None
     assert ct.top_pairs.as_list()[0][2] == float((A @ B).max())
+
+
+def test_bf16_screening_is_exact_including_fallback_rows():
+    from circuitbook.circuits.topk import fast_factored_tops
+
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(300, 16, generator=g), torch.randn(16, 700, generator=g)
+    M = A @ B
+    for margin in (16, 0):  # margin 0: most rows cannot be certified and are recomputed in float32
+        st = {}
+        t = fast_factored_tops(A, B, k=4, n_pairs=25, bottom_pairs=True, margin=margin, max_elems=7000, stats=st)
+        assert torch.equal(t.top.ids, M.topk(4, dim=-1).indices)
+        torch.testing.assert_close(t.top.vals, M.topk(4, dim=-1).values)
+        for pairs, largest in ((t.top_pairs, True), (t.bottom_pairs, False)):
+            assert torch.equal(pairs.rows * 700 + pairs.cols, M.flatten().topk(25, largest=largest).indices)
+        assert (st["fallback_rows"] > 100) == (margin == 0)

@@ -81,34 +81,49 @@ def chunked_tops(row_fn: RowFn, n_rows: int, n_cols: int, k: int = 10, n_pairs: 
 
     k: per-row top-k (and bottom-k if ``bottom``); 0 skips per-row results.
     n_pairs: size of the global top-N (and bottom-N if ``pair_bottom``, default = ``bottom``); 0 skips.
-    progress(rows_done) is called after each chunk.
+    progress(rows_done) is called after each chunk. ``row_fn`` may return a reused buffer: nothing here keeps a
+    reference to a chunk after the next call.
+
+    Global pairs are pruned by rows: once N pairs are known, a row whose maximum is not above the N-th best
+    value cannot contribute, so only the few "hot" rows of a chunk get a top-N (exact, and far cheaper than a
+    top-N of every row).
     """
     pair_bottom = bottom if pair_bottom is None else pair_bottom
     k = min(k, n_cols)
-    kk = min(max(k, n_pairs), n_cols)  # per-row candidates needed for an exact global top-N
+    npair = min(n_pairs, n_cols)
     chunk = max(1, max_elems // max(1, n_cols))
     out = Tops()
-    tid, tval, bid, bval, nrm, lses = [], [], [], [], [], []
-    best_top = best_bot = None
+    res = {True: ([], []), False: ([], [])}  # largest -> (ids, vals) per chunk
+    best: dict[bool, tuple[Tensor, Tensor, Tensor] | None] = {True: None, False: None}
+    nrm, lses = [], []
     for start in range(0, n_rows, chunk):
         stop = min(n_rows, start + chunk)
-        m = row_fn(start, stop).float()
-        rows = torch.arange(start, stop)[:, None]
-        for largest in ((True, False) if (bottom or pair_bottom) else (True,)):
+        m = row_fn(start, stop)
+        if m.dtype != torch.float32:
+            m = m.float()
+        for largest in (True, False):
             want_rows = k > 0 and (largest or bottom)
-            want_pairs = n_pairs > 0 and (largest or pair_bottom)
+            want_pairs = n_pairs > 0 and (pair_bottom if not largest else True)
             if not (want_rows or want_pairs):
                 continue
-            v, i = torch.topk(m, kk if want_pairs else k, dim=-1, largest=largest, sorted=True)
             if want_rows:
-                (tid if largest else bid).append(i[:, :k])
-                (tval if largest else bval).append(v[:, :k])
+                v, i = torch.topk(m, k, dim=-1, largest=largest, sorted=True)
+                res[largest][0].append(i)
+                res[largest][1].append(v)
+                edge = v[:, 0]
+            else:
+                edge = m.amax(-1) if largest else m.amin(-1)
             if want_pairs:
-                r = rows.expand_as(i).reshape(-1)
-                if largest:
-                    best_top = _merge(best_top, v.reshape(-1), r, i.reshape(-1), n_pairs, True)
+                b = best[largest]
+                if b is None or len(b[0]) < n_pairs:
+                    hot = torch.arange(stop - start)
                 else:
-                    best_bot = _merge(best_bot, v.reshape(-1), r, i.reshape(-1), n_pairs, False)
+                    tau = b[0][-1]
+                    hot = (edge > tau if largest else edge < tau).nonzero()[:, 0]
+                if len(hot):
+                    pv, pi = torch.topk(m[hot], npair, dim=-1, largest=largest, sorted=True)
+                    r = (hot + start)[:, None].expand_as(pi).reshape(-1)
+                    best[largest] = _merge(b, pv.reshape(-1), r, pi.reshape(-1), n_pairs, largest)
         if norms:
             nrm.append(m.norm(dim=-1))
         if lse:
@@ -117,13 +132,13 @@ def chunked_tops(row_fn: RowFn, n_rows: int, n_cols: int, k: int = 10, n_pairs: 
         if progress is not None:
             progress(stop)
     if k > 0:
-        out.top = RowTops(torch.cat(tid), torch.cat(tval))
+        out.top = RowTops(torch.cat(res[True][0]), torch.cat(res[True][1]))
         if bottom:
-            out.bottom = RowTops(torch.cat(bid), torch.cat(bval))
-    if best_top is not None:
-        out.top_pairs = Pairs(best_top[1], best_top[2], best_top[0])
-    if best_bot is not None:
-        out.bottom_pairs = Pairs(best_bot[1], best_bot[2], best_bot[0])
+            out.bottom = RowTops(torch.cat(res[False][0]), torch.cat(res[False][1]))
+    if best[True] is not None:
+        out.top_pairs = Pairs(best[True][1], best[True][2], best[True][0])
+    if best[False] is not None:
+        out.bottom_pairs = Pairs(best[False][1], best[False][2], best[False][0])
     if norms:
         out.norms = torch.cat(nrm)
     if lse:
@@ -132,10 +147,18 @@ def chunked_tops(row_fn: RowFn, n_rows: int, n_cols: int, k: int = 10, n_pairs: 
 
 
 def factored_row_fn(A: Tensor, B: Tensor, col_bias: Tensor | None = None) -> RowFn:
-    """Rows of ``A @ B`` (A [n_rows, r], B [r, n_cols], r small), plus an optional per-column bias [n_cols]."""
+    """Rows of ``A @ B`` (A [n_rows, r], B [r, n_cols], r small), plus an optional per-column bias [n_cols].
+
+    Writes into one reused buffer: a fresh 64 MB chunk per call costs page faults comparable to the matmul."""
+    A, B = A.float(), B.float().contiguous()
+    buf: list[Tensor] = []
+
     def fn(start: int, stop: int) -> Tensor:
-        m = A[start:stop] @ B
-        return m + col_bias if col_bias is not None else m
+        n = stop - start
+        if not buf or buf[0].shape[0] < n:
+            buf[:] = [torch.empty(n, B.shape[1], dtype=torch.float32, device=B.device)]
+        m = torch.mm(A[start:stop], B, out=buf[0][:n])
+        return m.add_(col_bias) if col_bias is not None else m
     return fn
 
 
@@ -157,9 +180,98 @@ class CircuitTops:
 
 
 def factored_circuit_tops(name: str, A: Tensor, B: Tensor, k: int = 10, n_pairs: int = 100,
-                          bottom_pairs: bool = True, max_elems: int = 1 << 24,
+                          bottom_pairs: bool = True, max_elems: int = 1 << 24, fast: bool = True,
                           progress: Callable[[int], None] | None = None) -> CircuitTops:
-    """Per-row top-k and global top/bottom-N pairs of ``A @ B`` (A [n, r], B [r, m]) in row chunks."""
-    t = chunked_tops(factored_row_fn(A, B), A.shape[0], B.shape[1], k=k, n_pairs=n_pairs, bottom=False,
-                     pair_bottom=bottom_pairs, max_elems=max_elems, progress=progress)
+    """Per-row top-k and global top/bottom-N pairs of ``A @ B`` (A [n, r], B [r, m]) in row chunks.
+
+    fast=True screens in bfloat16 and rescores in float32 with a proven error bound (:func:`fast_factored_tops`);
+    results are the same as the float32 path (exact up to float32 rounding and ties)."""
+    if fast:
+        t = fast_factored_tops(A, B, k, n_pairs, bottom_pairs, max_elems=max_elems, progress=progress)
+    else:
+        t = chunked_tops(factored_row_fn(A, B), A.shape[0], B.shape[1], k=k, n_pairs=n_pairs, bottom=False,
+                         pair_bottom=bottom_pairs, max_elems=max_elems, progress=progress)
     return CircuitTops(name, t.top, t.top_pairs, t.bottom_pairs)
+
+
+BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+
+
+def fast_factored_tops(A: Tensor, B: Tensor, k: int = 10, n_pairs: int = 100, bottom_pairs: bool = True,
+                       margin: int = 16, max_elems: int = 1 << 24,
+                       progress: Callable[[int], None] | None = None, stats: dict | None = None) -> Tops:
+    """Exact per-row top-k and global top/bottom-N of ``A @ B``, screening with a bfloat16 matmul.
+
+    Why it is exact: a bf16 product (inputs rounded to bf16, float32 accumulation, output rounded to bf16)
+    differs from the float32 one by at most ``delta_i = 4u * ||A_i|| * max_j ||B[:, j]||`` (u = 2^-8; the
+    rounding analysis gives 3u + O(u^2), we keep 4u). Per row we take the top-(k + margin) columns by the bf16
+    values, recompute them in float32, and accept the top-k if the k-th exact value beats every column left
+    out (each is at most the last candidate's bf16 value + delta_i); rows that fail are recomputed in float32.
+    Global pairs: rows whose bf16 maximum + delta_i cannot reach the current N-th best are skipped; the others
+    are recomputed in float32. ``stats`` (a dict) receives the number of rows that needed a full recompute.
+    """
+    n, m = A.shape[0], B.shape[1]
+    A32, B32 = A.float().contiguous(), B.float().contiguous()
+    Bt32 = B32.T.contiguous()
+    Ab, Bb = A32.to(torch.bfloat16), B32.to(torch.bfloat16)
+    delta_all = 4 * BF16_UNIT * A32.norm(dim=1) * B32.norm(dim=0).max()  # [n]
+    k = min(k, m)
+    c = min(k + margin, m)
+    npair = min(n_pairs, m)
+    chunk = max(1, max_elems // max(1, m))
+    buf = torch.empty(min(chunk, n), m, dtype=torch.bfloat16, device=A.device)
+    ids_out, vals_out = [], []
+    best: dict[bool, tuple[Tensor, Tensor, Tensor] | None] = {True: None, False: None}
+    n_fallback = 0
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        r = stop - start
+        M = torch.mm(Ab[start:stop], Bb, out=buf[:r])
+        delta = delta_all[start:stop]
+        av, cols = M.topk(c, dim=-1)  # the row's top-c columns by bf16 value
+        av = av.float()
+        rowmax = av[:, 0]
+        if k > 0:
+            exact = torch.einsum("re,rce->rc", A32[start:stop], Bt32[cols])
+            ev, ei = exact.topk(k, dim=-1)
+            ids, vals = cols.gather(1, ei), ev
+            # every column left out is at most av[:, -1] + delta in exact value
+            bad = (ev[:, -1] < av[:, -1] + delta) if c < m else torch.zeros(r, dtype=torch.bool)
+            if bad.any():
+                rows = bad.nonzero()[:, 0]
+                n_fallback += len(rows)
+                fv, fi = (A32[start + rows] @ B32).topk(k, dim=-1)
+                ids[rows], vals[rows] = fi, fv
+            ids_out.append(ids)
+            vals_out.append(vals)
+        if n_pairs > 0:
+            sides = (True, False) if bottom_pairs else (True,)
+            if best[True] is None or len(best[True][0]) < n_pairs or (bottom_pairs and len(best[False][0]) < n_pairs):
+                full = A32[start:stop] @ B32  # too few pairs yet to prune with: take the whole chunk once
+                for largest in sides:
+                    pv, pi = torch.topk(full, npair, dim=-1, largest=largest, sorted=True)
+                    rr = torch.arange(start, stop)[:, None].expand_as(pi).reshape(-1)
+                    best[largest] = _merge(best[largest], pv.reshape(-1), rr, pi.reshape(-1), n_pairs, largest)
+                del full
+            else:
+                for largest in sides:
+                    if largest:
+                        hot = (rowmax + delta > best[True][0][-1]).nonzero()[:, 0]
+                    else:
+                        hot = (M.amin(-1).float() - delta < best[False][0][-1]).nonzero()[:, 0]
+                    if len(hot):
+                        pv, pi = torch.topk(A32[start + hot] @ B32, npair, dim=-1, largest=largest, sorted=True)
+                        rr = (hot + start)[:, None].expand_as(pi).reshape(-1)
+                        best[largest] = _merge(best[largest], pv.reshape(-1), rr, pi.reshape(-1), n_pairs, largest)
+        if progress is not None:
+            progress(stop)
+    if stats is not None:
+        stats["fallback_rows"] = stats.get("fallback_rows", 0) + n_fallback
+    out = Tops()
+    if k > 0:
+        out.top = RowTops(torch.cat(ids_out), torch.cat(vals_out))
+    if best[True] is not None:
+        out.top_pairs = Pairs(best[True][1], best[True][2], best[True][0])
+    if best[False] is not None:
+        out.bottom_pairs = Pairs(best[False][1], best[False][2], best[False][0])
+    return out

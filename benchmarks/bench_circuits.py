@@ -1,0 +1,107 @@
+"""Full-vocabulary OV and QK tops for all 16 heads of the TinyStories-1Layer-21M config (random weights).
+
+Config: GPT-Neo, 1 layer, vocab 50257, d_model 1024, 16 heads of 64, 4096 neurons, 2048 positions.
+For every head: per-token top-k of the 50257 x 50257 OV (source -> output) and QK (query -> key) circuits,
+the global top-N pairs (and bottom-N for OV), chunked, never materialised. Target: < 10 min and peak RSS
+< 4 GB on 2 cores.
+
+Prints wall time per phase, peak RSS, and the ratio of the measured time to an anchor measured in the same
+run: the bare chunk matmuls ([chunk, 64] @ [64, 50257]) the reduction cannot avoid, so the ratio is the
+overhead of top-k, merging and bookkeeping on this machine, whatever its speed.
+
+    python benchmarks/bench_circuits.py [--heads 16] [--k 5] [--pairs 100] [--threads N] [--full]
+--full also times run_circuits (everything: bigram table, neurons, detectors...) into a temporary book.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+
+import torch
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def random_21m(seed: int = 0):
+    from circuitbook.model import Model, parse_hf_config
+    from circuitbook.model.weights import Weights
+
+    cfg = parse_hf_config({
+        "model_type": "gpt_neo", "vocab_size": 50257, "hidden_size": 1024, "num_layers": 1, "num_heads": 16,
+        "attention_types": [[["global"], 1]], "max_position_embeddings": 2048, "window_size": 256,
+        "intermediate_size": 4096, "activation_function": "gelu_new", "tie_word_embeddings": True,
+        "bos_token_id": 50256, "eos_token_id": 50256})
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, std=0.02: torch.randn(*s, generator=g) * std  # noqa: E731
+    L, H, d, e, m, V = 1, 16, 1024, 64, 4096, 50257
+    W_E = r(V, d)
+    w = Weights(cfg=cfg, W_E=W_E, W_pos=r(2048, d, std=0.01), W_Q=r(L, H, d, e), W_K=r(L, H, d, e),
+                W_V=r(L, H, d, e), b_Q=torch.zeros(L, H, e), b_K=torch.zeros(L, H, e), b_V=torch.zeros(L, H, e),
+                W_O=r(L, H, e, d), b_O=r(L, d), ln1_w=1 + r(L, d, std=0.1), ln1_b=r(L, d), ln2_w=1 + r(L, d, std=0.1),
+                ln2_b=r(L, d), W_in=r(L, d, m), b_in=r(L, m), W_gate=None, W_out=r(L, m, d), b_out=r(L, d),
+                lnf_w=1 + r(d, std=0.1), lnf_b=r(d), W_U=W_E.T, b_U=torch.zeros(V))
+    return Model(w, None, "random TinyStories-1Layer-21M config")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--k", type=int, default=5, help="tokens kept per row (default 5, as run_circuits)")
+    ap.add_argument("--pairs", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--full", action="store_true", help="also time the whole run_circuits into a temp book")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from circuitbook.circuits import make_basis, ov_tops, qk_tops
+    from circuitbook.circuits.ov import ov_factors
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t = time.perf_counter()
+    model = random_21m()
+    print(f"build random weights: {time.perf_counter() - t:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+    t = time.perf_counter()
+    basis = make_basis(model)
+    t_basis = time.perf_counter() - t
+    print(f"basis (processed weights + tokens through the norm): {t_basis:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
+
+    # anchor: the bare chunk matmuls of one head's circuit
+    A, B = ov_factors(basis, 0, 0)
+    V = A.shape[0]
+    chunk = max(1, (1 << 24) // V)
+    t = time.perf_counter()
+    for s in range(0, V, chunk):
+        _ = A[s:s + chunk] @ B
+    t_anchor = time.perf_counter() - t
+    print(f"anchor: bare matmuls of one {V} x {V} circuit in chunks of {chunk} rows: {t_anchor:.2f}s")
+
+    times = {}
+    for name, fn, kw in (("OV", ov_tops, dict(bottom_pairs=True)), ("QK", qk_tops, {})):
+        t = time.perf_counter()
+        for h in range(args.heads):
+            r = fn(basis, 0, h, k=args.k, n_pairs=args.pairs, **kw)
+        times[name] = time.perf_counter() - t
+        print(f"{name} tops, {args.heads} heads (per-row top-{args.k}, global top-{args.pairs} pairs): "
+              f"{times[name]:.1f}s = {times[name] / args.heads:.2f}s/head, {times[name] / args.heads / t_anchor:.2f}x "
+              f"anchor; e.g. top pair {r.top_pairs.as_list()[0]}")
+    total = t_basis + sum(times.values())
+    print(f"TOTAL OV+QK, {args.heads} heads: {total:.1f}s ({total / 60:.2f} min; target < 10 min), "
+          f"peak RSS {peak_rss_gb():.2f} GB (target < 4 GB)")
+    if args.full:
+        from circuitbook.book import Book
+        from circuitbook.circuits import run_circuits
+
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            s = run_circuits(model, Book.open(f"{d}/b.db"), None, progress=False)
+            print(f"run_circuits (everything, no corpus): {time.perf_counter() - t:.1f}s, {s.computed} tasks, "
+                  f"peak RSS {peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
