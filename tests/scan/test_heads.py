@@ -34,6 +34,7 @@ def test_head_stats_examples_and_pairs(tiny, stories):
             L = len(ids)
             rows.append((st, w, ids, P[j, :, :L, :L].double().numpy()))
     H = tiny.cfg.n_heads
+    acc.top.canonicalize()
     sums = np.zeros((H, 5))
     n = 0
     top = {h: [] for h in range(H)}

@@ -74,6 +74,8 @@ def test_neuron_accumulator_matches_brute_force(k, r):
     n = seqs[0][3].shape[1]
     acc = NeuronAccumulator(n, k, r, BEFORE + 1 + AFTER, d_vocab=9)
     feed(acc, seqs, batch=3)
+    acc.top.canonicalize()
+    acc.bands.canonicalize()
     pos = positions(seqs)
     X = np.array([[float(seqs[si][3][t, u]) for u in range(n)] for _, _, si, t in pos])  # [M, n]
     keys = torch.tensor([p[0] for p in pos])

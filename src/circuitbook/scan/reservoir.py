@@ -11,7 +11,8 @@ examples with the smallest (priority, key). That is a uniform random sample with
 deterministic (no RNG state to save) and mergeable: the bottom r of a union is the bottom r of the
 bottom r's. When a unit's level rises, band b becomes band b >> d and bands merge the same way.
 
-    pri   [n_units, n_bands, r] int64 ascending per band; EMPTY_KEY in empty slots
+    pri   [n_units, n_bands, r] int64 (slots unordered while streaming; canonicalize() sorts each band
+          by (priority, key)); EMPTY_KEY in empty slots
     keys  [n_units, n_bands, r] int64 example keys (topk.example_key)
     vals  [n_units, n_bands, r] float32 the unit's value on the example
     ctx_tok [n_units, n_bands, r, width] int32, ctx_val [..., width] float32 (as in topk.TopK)
@@ -71,17 +72,55 @@ class BandReservoir:
     def threshold(self) -> Tensor:
         """[n_units * N_BANDS] the largest priority a band keeps (EMPTY_KEY while it has room): an
         example can only get in with a priority <= this."""
-        return self.pri[..., -1].reshape(-1)
+        return self.pri.amax(-1).reshape(-1)
 
     def offer(self, group: Tensor, pri: Tensor, keys: Tensor, vals: Tensor, fetch) -> None:
         """Candidates: group [c] = unit * N_BANDS + band column, pri/keys [c] int64, vals [c] float.
 
         ``fetch(cand_idx) -> (ctx_tok [s, width], ctx_val [s, width])`` builds the windows of the
-        candidates that made it in."""
+        candidates that made it in. Slots are physical: an entering example takes the slot of the one it
+        evicts (empty slots first); canonicalize() sorts them."""
         if len(group) == 0:
             return
+        r = self.r
         groups = torch.unique(group)
-        self._rebuild(groups, groups, group, pri, keys, vals, fetch)
+        slot = (groups[:, None] * r + torch.arange(r, device=group.device)).reshape(-1)
+        e_grp = torch.cat([groups.repeat_interleave(r), group])
+        e_pri = torch.cat([self.pri.view(-1)[slot], pri])
+        e_key = torch.cat([self.keys.view(-1)[slot], keys])
+        n_old = len(slot)
+        o = e_key.argsort()
+        o = o[torch.sort(e_pri[o], stable=True).indices]
+        o = o[torch.sort(e_grp[o], stable=True).indices]
+        g_sorted = e_grp[o]
+        rank = torch.arange(len(o), device=o.device) - torch.searchsorted(g_sorted, g_sorted)
+        kept = torch.zeros(len(o), dtype=torch.bool, device=o.device)
+        kept[o[rank < r]] = True
+        ev = (~kept[:n_old]).nonzero()[:, 0]  # old slots losing their entry (grouped, in group order)
+        en = kept[n_old:].nonzero()[:, 0]  # entering candidates
+        if len(en) == 0:
+            return
+        en = en[torch.sort(group[en], stable=True).indices]  # group order, like ev: same count per group
+        dest = slot[ev]
+        tok, val = fetch(en)
+        self.pri.view(-1)[dest] = pri[en]
+        self.keys.view(-1)[dest] = keys[en]
+        self.vals.view(-1)[dest] = vals[en].float()
+        self.ctx_tok.view(-1, self.width)[dest] = tok
+        self.ctx_val.view(-1, self.width)[dest] = val
+
+    def canonicalize(self) -> "BandReservoir":
+        """Sort each band's slots by (priority, key), empty slots last."""
+        n, nb, r = self.pri.shape
+        p, k = self.pri.view(-1, r), self.keys.view(-1, r)
+        o = k.argsort(1)
+        o = o.gather(1, torch.sort(p.gather(1, o), dim=1, stable=True).indices)
+        for name in ("pri", "keys", "vals"):
+            setattr(self, name, getattr(self, name).view(-1, r).gather(1, o).view(n, nb, r))
+        idx = o[..., None].expand(-1, -1, self.width)
+        self.ctx_tok = self.ctx_tok.view(-1, r, self.width).gather(1, idx).view(n, nb, r, self.width)
+        self.ctx_val = self.ctx_val.view(-1, r, self.width).gather(1, idx).view(n, nb, r, self.width)
+        return self
 
     def raise_level(self, shift: Tensor) -> None:
         """Units whose level rose by shift[u] > 0: band b -> b >> shift, merging bands."""
@@ -154,6 +193,7 @@ class BandReservoir:
         self.offer(group, other.pri.view(-1)[idx], other.keys.view(-1)[idx], other.vals.view(-1)[idx], fetch)
 
     def state(self) -> dict:
+        self.canonicalize()
         return {"pri": self.pri, "keys": self.keys, "vals": self.vals, "ctx_tok": self.ctx_tok, "ctx_val": self.ctx_val}
 
     @classmethod

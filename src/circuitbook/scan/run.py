@@ -363,6 +363,11 @@ def write_results(conn, state: ScanState, s: ScanSettings) -> None:
     for t in RESULT_TABLES:
         conn.execute(f"DELETE FROM {t}")
     focus = s.before
+    for a in state.neurons:
+        a.top.canonicalize()
+        a.bands.canonicalize()
+    for h in state.heads:
+        h.top.canonicalize()
     for l, a in enumerate(state.neurons):
         mean, std = a.mean_std()
         fires = a.fire_count()

@@ -7,7 +7,8 @@ the k best of a corpus do not depend on how it was cut into batches or shards: t
 
 :class:`TopK` holds, for ``n_units`` units at once (all neurons of a layer, all heads):
 
-    vals  [n_units, k] float32   best values, sorted by the order above; -inf in empty slots
+    vals  [n_units, k] float32   best values (slots unordered while streaming; canonicalize() sorts them
+                                 by the order above); -inf in empty slots
     keys  [n_units, k] int64     example keys; EMPTY_KEY in empty slots
     extra [n_units, k] int64     one integer per example for the caller (heads: attended key distance)
     ctx_tok [n_units, k, width] int32     token ids of the context window (-1 outside the sequence)
@@ -101,23 +102,31 @@ class TopK:
     def update(self, vals: Tensor, keys: Tensor, fetch) -> None:
         """Offer candidates vals/keys [n_units, c] (keys unique per row, not already held).
 
-        ``fetch(units, slots) -> (ctx_tok [s, width], ctx_val [s, width], extra [s])`` builds the
-        windows of the candidates that made it in (only those: after the first batches, few do)."""
-        nv, nk, src = merge_best(self.vals, self.keys, vals, keys, self.k)
-        new = src >= self.k
-        rows = new.any(1).nonzero()[:, 0]  # only rows that took a candidate need their windows moved
-        if len(rows):
-            keep = src[rows].clamp(max=self.k - 1)
-            idx = keep[..., None].expand(-1, -1, self.width)
-            self.ctx_tok[rows] = self.ctx_tok[rows].gather(1, idx)
-            self.ctx_val[rows] = self.ctx_val[rows].gather(1, idx)
-            self.extra[rows] = self.extra[rows].gather(1, keep)
-            u, slot = new.nonzero(as_tuple=True)
-            tok, val, extra = fetch(u, src[u, slot] - self.k)
-            self.ctx_tok[u, slot] = tok
-            self.ctx_val[u, slot] = val
-            self.extra[u, slot] = extra
-        self.vals, self.keys = nv, nk
+        ``fetch(units, cands) -> (ctx_tok [s, width], ctx_val [s, width], extra [s])`` builds the
+        windows of the candidates that made it in (only those: after the first batches, few do). Slots
+        are physical: an entering example takes the slot of the one it evicts, so nothing else moves;
+        :meth:`canonicalize` sorts them."""
+        k = self.k
+        src = order(torch.cat([self.vals, vals], 1), torch.cat([self.keys, keys], 1))[:, :k]
+        sel = torch.zeros(vals.shape[0], k + vals.shape[1], dtype=torch.bool, device=vals.device)
+        sel.scatter_(1, src, True)
+        er, es = (~sel[:, :k]).nonzero(as_tuple=True)  # evicted slots, row-major
+        nr, nj = sel[:, k:].nonzero(as_tuple=True)  # entering candidates, row-major: same count per row
+        if len(nr):
+            tok, val, extra = fetch(nr, nj)
+            self.vals[er, es] = vals[nr, nj]
+            self.keys[er, es] = keys[nr, nj]
+            self.ctx_tok[er, es] = tok
+            self.ctx_val[er, es] = val
+            self.extra[er, es] = extra
+
+    def canonicalize(self) -> "TopK":
+        """Sort each unit's slots best first (value desc, key asc)."""
+        o = order(self.vals, self.keys)
+        self.vals, self.keys, self.extra = self.vals.gather(1, o), self.keys.gather(1, o), self.extra.gather(1, o)
+        idx = o[..., None].expand(-1, -1, self.width)
+        self.ctx_tok, self.ctx_val = self.ctx_tok.gather(1, idx), self.ctx_val.gather(1, idx)
+        return self
 
     def merge(self, other: "TopK") -> None:
         """Fold another TopK over the same units (another shard) into this one."""
@@ -126,6 +135,7 @@ class TopK:
         self.update(other.vals, other.keys, fetch)
 
     def state(self) -> dict:
+        self.canonicalize()
         return {"vals": self.vals, "keys": self.keys, "extra": self.extra,
                 "ctx_tok": self.ctx_tok, "ctx_val": self.ctx_val}
 
