@@ -27,7 +27,8 @@ class Row:
     type: str = ""
     cls: str = ""
     stats: dict[str, float] = dataclasses.field(default_factory=dict)
-    top_tokens: list[str] = dataclasses.field(default_factory=list)
+    top_tokens: list[str] = dataclasses.field(default_factory=list)  # tokens it fires on most (scan)
+    promotes: list[str] = dataclasses.field(default_factory=list)  # tokens it promotes most (circuits)
 
     @property
     def key(self) -> str:
@@ -36,7 +37,8 @@ class Row:
     @property
     def search_text(self) -> str:
         """What text search matches against: key, label, notes, type, class and top tokens (lowercase)."""
-        return " ".join([self.key, self.label, self.notes, self.type, self.cls, *self.top_tokens]).lower()
+        return " ".join([self.key, self.label, self.notes, self.type, self.cls, *self.top_tokens,
+                         *self.promotes]).lower()
 
 
 def index_rows(book: Book) -> list[Row]:
@@ -61,6 +63,7 @@ def index_rows(book: Book) -> list[Row]:
             row.cls = s.get("cls", row.cls) or row.cls
             row.stats.update(s.get("stats", {}))
             row.top_tokens += s.get("top_tokens", [])
+            row.promotes += s.get("promotes", [])
     return list(rows.values())
 
 
@@ -78,7 +81,7 @@ def _circuits_summary(book: Book) -> dict:
             for i in range(cfg["d_mlp"]):
                 e = c.neuron_output_effect(book, l, i, k=5)
                 if e is not None:
-                    out[("neuron", l, i)] = {"top_tokens": e.top.strs}
+                    out[("neuron", l, i)] = {"promotes": e.top.strs}
     return out
 
 
@@ -107,7 +110,7 @@ def _typing_summary(book: Book) -> dict:
     return {("neuron", r["layer"], r["idx"]): {"type": r["type"], "cls": r["rule"]} for r in t.unit_types(book)}
 
 
-# component name -> fn(book) -> {(kind, layer, idx): {"type", "cls", "stats", "top_tokens"}}
+# component name -> fn(book) -> {(kind, layer, idx): {"type", "cls", "stats", "top_tokens", "promotes"}}
 SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary, "typing": _typing_summary}
 
 

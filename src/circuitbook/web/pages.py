@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class Site:
         self.env = Environment(loader=PackageLoader("circuitbook.web", "templates"),
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.filters["tok"] = lambda t: json.dumps(str(t), ensure_ascii=False)  # quoted; autoescaped after
+        self.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t or 0))
         self._rows: list[Row] | None = None
 
     # ------------------------------------------------------------------ links
@@ -225,9 +227,3 @@ def _concept_search(site: "Site"):
     if not acts or acts[2] is None:
         return None  # without the typing run's per-token means there is no cheap input side to score
     return lambda words: concept_search(site.model, words, token_means=acts).hits
-
-
-def json_script(obj: Any) -> Markup:
-    """JSON safe to embed inside <script type="application/json"> (no '</script>' break-out)."""
-    s = json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return Markup(s)
