@@ -191,9 +191,12 @@ def main() -> None:
           flush=True)
     if not a.skip_full:
         r = child(["--part", "scan", "--model", "dev"])
+        bare = rows[1]["bare_tok_s"]
         print(f"[dev] all 1,841 stories ({r['tokens']:,} tokens): {r['wall_s']:.1f}s wall "
               f"({r['scan_tok_s']:,.0f} tok/s in the loop, {r['finalize_s']:.1f}s writing results); book "
-              f"{r['book_mib']:.1f} MiB   [load {os.getloadavg()[0]:.1f}]", flush=True)
+              f"{r['book_mib']:.1f} MiB; vs the bare forward above ({bare:,.0f} tok/s) the whole-corpus overhead is "
+              f"{100 * (bare / r['scan_tok_s'] - 1):.0f}% and the speedup over TransformerLens + naive top-k "
+              f"{r['scan_tok_s'] / rows[1]['tl_tok_s']:.1f}x   [load {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 if __name__ == "__main__":
