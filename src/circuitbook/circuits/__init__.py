@@ -13,6 +13,13 @@ One analysis per module, each a pure function of the model returning small datac
     composition     Q/K/V composition scores (TransformerLens' definition) and virtual-head OV circuits
     detectors       previous-token / duplicate-token / induction scores on repeated random tokens
     run             run_circuits(model, book, stories): everything, stored in the book, resumable
+
+Every function accepts a Model, Weights or Basis; build the Basis once (``b = make_basis(model)``) and pass it
+when calling several functions, since building it processes the weights.
+
+    >>> b = make_basis(model)
+    >>> ov_tops(b, 0, 3).top_pairs.as_list()[:5]          # (source, output, logit) strongest first
+    >>> neuron_output_effect(b, 0, 896).top_ids            # tokens neuron 896 promotes
 """
 
 from .basis import Basis, CircuitError, NormScales, make_basis, measure_scales
