@@ -144,7 +144,8 @@ def part_scan(name: str, max_tokens: int | None, batch_size: int) -> dict:
     wall = time.perf_counter() - t0
     res = {"model": name, "tokens": summ.tokens, "wall_s": wall, "loop_s": summ.seconds,
            "finalize_s": wall - summ.seconds, "scan_tok_s": summ.tokens_per_s, "book_mib": summ.book_bytes / 2**20,
-           "n_neurons": summ.n_neurons}
+           "n_neurons": summ.n_neurons,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     os.unlink(out)
     return res
 
@@ -153,9 +154,7 @@ def child(args: list[str]) -> dict:
     r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
-    return res
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -187,7 +186,7 @@ def main() -> None:
     r = child(["--part", "scan", "--model", "21M", "--tokens", str(a.tokens21)])
     print(f"[21M] scan_corpus {r['tokens']:,} tokens: {r['wall_s']:.1f}s wall ({r['scan_tok_s']:,.0f} tok/s in the loop, "
           f"{r['finalize_s']:.1f}s writing results); book {r['book_mib']:.1f} MiB for {r['n_neurons']} neurons x 32 "
-          f"examples (+ quantile samples); peak RSS {r['peak_rss_mib']:,.0f} MiB   [load {os.getloadavg()[0]:.1f}]",
+          f"examples (+ quantile samples); peak RSS of the scan process (model included) {r['peak_rss_mib']:,.0f} MiB   [load {os.getloadavg()[0]:.1f}]",
           flush=True)
     if not a.skip_full:
         r = child(["--part", "scan", "--model", "dev"])

@@ -83,5 +83,6 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
     ob.finish_run(run, progress)
     if not keep_state:
         ob.conn.execute("VACUUM")
+    ob.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return progress
 

@@ -319,7 +319,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         write_results(c, state, s)
         save_state(book, identity, state if keep_state else None, prog, True, c)
     if not keep_state:
-        book.conn.execute("VACUUM")
+        book.conn.execute("VACUUM")  # give the dropped state's pages back
+    book.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and the write-ahead log's
     summary = _summary(book, prog, new_tokens, seconds, resumed)
     book.finish_run(run_id, dataclasses.asdict(summary))
     return summary
