@@ -39,4 +39,8 @@ def test_demo_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "circuitbook.cli", "demo", "--out", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "pronoun_verb" in out.stdout and (tmp_path / "d" / "model.safetensors").exists()
+    assert (tmp_path / "d" / "model.safetensors").exists() and (tmp_path / "d" / "site" / "index.html").exists()
+    # every stage finds what was planted: scan, circuits, typing, concept search, copy head
+    assert "MISS" not in out.stdout, out.stdout
+    assert out.stdout.count("ok ") >= 13, out.stdout
+    assert "loss recovered" in out.stdout and "circuitbook serve" in out.stdout
