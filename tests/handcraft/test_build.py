@@ -119,3 +119,20 @@ def test_previous_token_head_on_ts1l(ts1l, stories_path):
     top = pat[1:].argmax(-1)
     hit = (top == torch.arange(0, len(top))).float().mean()
     assert hit > 0.6, hit  # 0.78 measured; chance is about 1/50
+
+
+def test_class_rules_resolve_through_the_books_typing(tmp_path):
+    """A spec's POS-class rule reads the typing stage's token classes from the book."""
+    from circuitbook.book import Book
+    from circuitbook.demo import build_demo
+    from circuitbook.handcraft import token_classes_from_book
+    from circuitbook.typing.run import type_model
+
+    demo = build_demo()
+    book = Book.open(tmp_path / "b.db")
+    assert token_classes_from_book(book) == {}
+    type_model(demo.model, demo.stories[:150], book=book, progress=False)
+    classes = token_classes_from_book(book)
+    strs = book.token_strs()
+    assert {" He", " She", " They"} <= {strs[i] for i in classes["PRON"]}
+    assert {" dog", " ball"} <= {strs[i] for i in classes["NOUN"]}

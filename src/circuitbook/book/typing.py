@@ -78,6 +78,15 @@ def load_token_classes(book: Book, d_vocab: int, source: dict | None = None):
     return TokenClasses(counts, tags, {k: v for k, v in meta.items() if k != "tag_counts"})
 
 
+def class_tokens(book: Book) -> dict[str, list[int]]:
+    """{class: [token ids]} by each token's majority class (the handcraft stage resolves class rules with it);
+    {} when the book has no token classes yet."""
+    out: dict[str, list[int]] = {}
+    for t, cls in book.conn.execute("SELECT token_id, class FROM typing_token_classes ORDER BY token_id"):
+        out.setdefault(cls, []).append(int(t))
+    return out
+
+
 def token_classes(book: Book, token_ids=None) -> dict[int, dict]:
     """{token id: {"str", "n", "class", "tag", "profile": {class: share}}} for the given ids (default: all seen)."""
     from ..typing.pos import CLASSES

@@ -39,23 +39,10 @@ from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replac
 
 # --------------------------------------------------------------------------- token sets and classes
 def token_classes_from_book(book) -> dict[str, list[int]]:
-    """The book's token classes (from the typing stage), as {class name: [token ids]}; {} if none.
+    """The book's token classes (from the typing stage), as {class name: [token ids]}; {} if none yet."""
+    from ..book import typing as typing_book
 
-    Looks for the typing component's query API in ``circuitbook.book.typing`` (``token_classes(book)``
-    or ``classes(book)``)."""
-    try:
-        from ..book import typing as typing_book  # noqa: F401
-    except ImportError:
-        return {}
-    for name in ("token_classes", "classes", "class_tokens"):
-        fn = getattr(typing_book, name, None)
-        if callable(fn):
-            try:
-                got = fn(book)
-            except Exception:  # noqa: BLE001 - a book without typing tables
-                return {}
-            return {str(k): [int(i) for i in v] for k, v in dict(got or {}).items()}
-    return {}
+    return typing_book.class_tokens(book)
 
 
 def resolve_tokens(ts: TokenSet, tokenizer, classes: dict[str, list[int]], d_vocab: int,
