@@ -46,42 +46,76 @@ class HeadAccumulator:
         self._pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def update(self, pattern: Tensor, ctx: BatchContext) -> None:
-        """pattern: [B, n_heads, q_pos, k_pos] the layer's ``attn.hook_pattern`` for the batch."""
-        P = pattern.float()
-        B, H, T, _ = P.shape
+        """pattern: [B, n_heads, q_pos, k_pos] the layer's ``attn.hook_pattern`` for the batch.
+
+        Works one sequence at a time on its own [H, L-1, L] block (counted queries 1..L-1, keys 0..L-1):
+        padding and the keys after a sequence's end are never touched, and every statistic of a query
+        depends only on its sequence. The strongest attention (max over keys >= 1) is only needed
+        where it can enter the top-k: once a head's k-th best is >= pair_min, it comes from the pair
+        entries (weights >= pair_min) found anyway."""
+        B, H, T, _ = pattern.shape
         if len(ctx.rows) == 0:
             return
-        ar = torch.arange(T, device=P.device, dtype=torch.float32)
-        prev = torch.zeros(B, H, T, device=P.device)
-        prev[..., 1:] = P.diagonal(offset=-1, dim1=2, dim2=3)
-        mx, am = P[..., 1:].max(-1)
-        stats = torch.stack([P[..., 0], P.diagonal(dim1=2, dim2=3), prev, ar - P @ ar,
-                             torch.special.entr(P).sum(-1), mx, (am + 1).float()], -1)  # [B, H, T, 7]
-        stats = stats.permute(1, 0, 2, 3).reshape(H, B * T, -1)[:, ctx.rows]  # [H, M, 7]
+        dev = pattern.device
+        ar = torch.arange(T, device=dev, dtype=torch.float32)
+        kth = self.top.kth()
+        sparse_max = bool((kth >= self.pair_min).all())
+        stats, pair_parts = [], []
+        for b, L in enumerate(ctx.lengths.tolist()):
+            if L < 2:
+                continue
+            P = pattern[b, :, 1:L, :L].float()  # [H, L-1, L] query q = row + 1
+            q = ar[1:L]
+            st = torch.empty(H, L - 1, 7, device=dev)
+            st[..., 0] = P[..., 0]
+            st[..., 1] = P.diagonal(1, 1, 2)
+            st[..., 2] = P.diagonal(0, 1, 2)
+            st[..., 3] = q - P @ ar[:L]
+            st[..., 4] = torch.special.entr(P).sum(-1)
+            h, r, k = (P[..., 1:] >= self.pair_min).nonzero(as_tuple=True)
+            k = k + 1
+            w = P[h, r, k]
+            if sparse_max:  # rows without a weight >= pair_min cannot enter the top-k: mark them -inf
+                flat = h * (L - 1) + r
+                mx = torch.full((H * (L - 1),), float("-inf"), device=dev).scatter_reduce_(0, flat, w, "amax")
+                big = torch.full((H * (L - 1),), L, device=dev, dtype=torch.long)
+                first = big.scatter_reduce_(0, flat[w == mx[flat]], k[w == mx[flat]], "amin")  # first key at the max
+                st[..., 5] = mx.view(H, L - 1)
+                st[..., 6] = first.view(H, L - 1).float()
+            else:
+                mx, am = P[..., 1:].max(-1)
+                st[..., 5], st[..., 6] = mx, (am + 1).float()
+            stats.append(st)
+            pair_parts.append((b, h, r + 1, k, w))
+        stats = torch.cat(stats, 1)  # [H, M, 7] corpus order (ctx.rows)
         self.count += stats.shape[1]
         self.sums += (stats[..., :5] * Q).round_().double().sum(1)
 
         vals, cols = topk_rows(stats[..., 5].contiguous(), self.top.k)
+        ok = vals >= kth[:, None]
+        if not bool(ok.all()):  # keep only what can enter (-inf rows of the sparse max never do)
+            hh, jj = ok.nonzero(as_tuple=True)
+        else:
+            hh = torch.arange(H, device=dev)[:, None].expand_as(cols).reshape(-1)
+            jj = torch.arange(cols.shape[1], device=dev).repeat(H)
+        cand = cols[hh, jj]
 
-        def fetch(h, j):
-            c = cols[h, j]
+        def fetch(j):
+            h, c = hh[j], cand[j]
             focus = ctx.rows[c]
             where = b, tj, ok = ctx.window_positions(focus)
             t = focus % T
-            val = P[b[:, None], h[:, None], t[:, None], tj]
+            val = pattern[b[:, None], h[:, None], t[:, None], tj].float()
             val = val.masked_fill_(~ok | (tj > t[:, None]), float("nan"))
             return ctx.window_tokens(focus, where), val, t - stats[h, c, 6].long()
-        self.top.update(vals, ctx.keys[cols], fetch)
+        self.top.offer(hh, vals[hh, jj], ctx.keys[cand], fetch)
 
-        # (query token -> key token) attention mass
-        counted = torch.zeros(B * T, dtype=torch.bool, device=P.device)
-        counted[ctx.rows] = True
-        b, h, q, k = (P >= self.pair_min).nonzero(as_tuple=True)
-        keep = (k > 0) & counted[b * T + q]  # no BOS key, counted queries only
-        b, h, q, k = b[keep], h[keep], q[keep], k[keep]
+        # (query token -> key token) attention mass over weights >= pair_min, BOS key excluded
         V = self.d_vocab
+        b = torch.cat([torch.full_like(p[1], p[0]) for p in pair_parts])
+        h, q, k, w = (torch.cat([p[i] for p in pair_parts]) for i in range(1, 5))
         ids = (h * V + ctx.tokens[b, q]) * V + ctx.tokens[b, k]
-        mass = (P[b, h, q, k] * Q).round_().double()
+        mass = (w * Q).round_().double()
         self._pending.append((ids, mass, torch.ones_like(ids)))  # reduced in _compact
         if sum(len(p[0]) for p in self._pending) > 4_000_000:
             self._compact()

@@ -24,14 +24,17 @@ import torch
 from torch import Tensor
 
 from .context import BatchContext
-from .histogram import PowerHistogram, bin_index, level
+from .histogram import HALF, PowerHistogram, level
 from .reservoir import BAND_SHIFT, N_BANDS, BandReservoir, priority
-from .topk import EMPTY_KEY, TopK, topk_rows
+from .topk import TopK, topk_rows
 
 Q = 4096.0
 
 
 class NeuronAccumulator:
+    prefix_min = 256  # rows (in priority order) tested exactly against every band's threshold
+    heavy_min = 0  # a unit with more candidates than max(this, 4k, M/8) is handled densely
+
     def __init__(self, n: int, k: int, r: int, width: int, d_vocab: int, device="cpu"):
         self.n, self.d_vocab = n, d_vocab
         self.count = 0
@@ -49,107 +52,217 @@ class NeuronAccumulator:
 
     # ------------------------------------------------------------------ one batch
     def update(self, acts: Tensor, ctx: BatchContext) -> None:
-        """acts: [B, T, n] the layer's ``mlp.hook_post`` for the batch described by ``ctx``."""
+        """acts: [B, T, n] the layer's ``mlp.hook_post`` for the batch described by ``ctx``.
+
+        Cost: a handful of elementwise passes over the batch's [positions, n] values (histogram bins,
+        the exact sums) plus one comparison pass that finds the few values that can change anything
+        else. Top-k, extremes and band samples only look at those: values beating a unit's k-th best,
+        its extremes, or falling in a band that still takes most of this batch's positions (the tails;
+        such bands sit at the ends of a unit's range). Bands that take only a few positions can only
+        take positions of low priority; the positions are laid out in (priority, key) order, so those
+        are the first ``prefix`` rows, tested exactly. Units that do not fit this (the first batches:
+        everything is new) are handled densely. Every path is exact: the result does not depend on
+        which path a value took."""
         B, T, n = acts.shape
-        flat = acts.reshape(B * T, n)
-        x = flat[ctx.rows].float().t().contiguous()  # [n, M] counted positions, corpus order
-        M = x.shape[1]
+        M = len(ctx.rows)
         if M == 0:
             return
         self.count += M
+        flat = acts.reshape(B * T, n)
+        dev = flat.device
+        pri_c = priority(ctx.keys)
+        o = ctx.keys.argsort()  # keys ascend along rows already; argsort keeps this cheap and safe
+        o = o[torch.sort(pri_c[o], stable=True).indices]  # row r of x = (priority, key) rank r
+        pri, keys = pri_c[o], ctx.keys[o]
+        x = self._gather(flat, ctx.rows[o])  # [M, n] float32
 
-        # extremes and histogram level (the level must cover the batch before binning it)
-        bmax, bmin = x.amax(1), x.amin(1)
+        # 1. values that can change the top-k, extremes or a tail band, judged on the state before the batch
+        prefix = min(M, max(self.prefix_min, M // 16))
+        cnt = torch.searchsorted(pri, self.bands.threshold(), right=True).view(n, N_BANDS)
+        lo, hi, dense = self._cuts(cnt > prefix)
+        heavy = max(self.heavy_min, 4 * self.top.k, M // 8)
+        dense_idx = dense.nonzero()[:, 0]
+        if len(dense_idx) < n:
+            mask = torch.gt(x, hi).logical_or_(torch.lt(x, lo))
+            if len(dense_idx):
+                mask[:, dense_idx] = False
+            m, u = mask.nonzero(as_tuple=True)
+            del mask
+            per_unit = torch.bincount(u, minlength=n)
+            if bool((per_unit > heavy).any()):  # too many for the sparse path: dense
+                dense |= per_unit > heavy
+                dense_idx = dense.nonzero()[:, 0]
+                keep = ~dense[u]
+                m, u = m[keep], u[keep]
+        else:
+            m = u = torch.zeros(0, dtype=torch.long, device=dev)
+        v = x[m, u]
+        inv = torch.empty_like(o)
+        inv[o] = torch.arange(M, device=dev)  # corpus index -> row
+        xd = x.index_select(1, dense_idx) if len(dense_idx) else None  # [M, d] rows in rank order
+
+        # 2. extremes and the histogram level (the level must cover the batch before binning it)
+        bmax = torch.full((n,), float("-inf"), device=dev).scatter_reduce_(0, u, v, "amax")
+        bmin = torch.full((n,), float("inf"), device=dev).scatter_reduce_(0, u, v, "amin")
+        if xd is not None:
+            bmax[dense_idx] = xd.amax(0)
+            bmin[dense_idx] = xd.amin(0)
         self.vmax = torch.maximum(self.vmax, bmax)
         self.vmin = torch.minimum(self.vmin, bmin)
         shift = self.hist.raise_level(level(torch.maximum(self.vmax.abs(), self.vmin.abs())))
         self.bands.raise_level(shift)
-        bins = bin_index(x, self.hist.exp)  # [n, M] flat bin index
-        self.hist.add(bins)
+        bins = self._bins(x)  # [M, n] int32 flat bin column * n + u
+        self.hist.counts += torch.bincount(bins.reshape(-1), minlength=self.hist.counts.numel()).view(2 * HALF, n).t()
 
-        # exact sums on the 2**-12 grid; per-token sums share the rounding
-        xq = (x * Q).round_().double()
-        tok = ctx.tokens.reshape(-1)[ctx.rows]
+        # 3. exact sums on the 2**-12 grid (integers in float64: any order gives the same bits)
+        self._sums(x, ctx.tokens.reshape(-1)[ctx.rows[o]])
+
+        # 4. top-k: sparse candidates >= the k-th best, plus the dense units' batch top-k
+        kth = self.top.kth()
+        t_ok = v >= kth[u]
+        tu, tm, tv = u[t_ok], m[t_ok], v[t_ok]
+        if xd is not None:
+            xc = xd.t()[:, inv].contiguous()  # [d, M] corpus order: topk_rows breaks ties by column
+            dv, dc = topk_rows(xc, self.top.k)
+            du = dense_idx[:, None].expand_as(dc).reshape(-1)
+            dv, dm = dv.reshape(-1), inv[dc.reshape(-1)]
+            ok = dv >= kth[du]
+            tu, tm, tv = torch.cat([tu, du[ok]]), torch.cat([tm, dm[ok]]), torch.cat([tv, dv[ok]])
+        self.top.offer(tu, tv, keys[tm], lambda j: self._fetch(flat, ctx, tu[j], o[tm[j]]))
+
+        # 5. band reservoirs: a candidate needs priority <= its band's threshold, i.e. row < cnt
+        cnt = torch.searchsorted(pri, self.bands.threshold(), right=True).to(torch.int32)  # [n * N_BANDS]
+        gp = self._band_groups(bins[:prefix], torch.arange(n, device=dev))  # [prefix, n] group
+        okp = cnt[gp] > torch.arange(prefix, device=dev, dtype=torch.int32)[:, None]
+        if len(dense_idx):
+            okp[:, dense_idx] = False
+        bm, bu = okp.nonzero(as_tuple=True)
+        bg = gp[bm, bu]
+        tail = m >= prefix
+        su, sm = u[tail], m[tail]
+        sg = self._band_groups(bins[sm, su], su)
+        ok = cnt[sg] > sm
+        bm, bu, bg = torch.cat([bm, sm[ok]]), torch.cat([bu, su[ok]]), torch.cat([bg, sg[ok]])
+        if xd is not None:
+            dm, du, dg = self._dense_bands(bins, dense_idx, cnt)
+            bm, bu, bg = torch.cat([bm, dm]), torch.cat([bu, du]), torch.cat([bg, dg])
+        self.bands.offer(bg, pri[bm], keys[bm], x[bm, bu],
+                         lambda j: self._fetch(flat, ctx, bu[j], o[bm[j]])[:2])
+
+    def _cuts(self, wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per unit (lo [n], hi [n], dense [n] bool): every value that can change the state is > hi or
+        < lo, unless the unit is dense. ``wide`` [n, N_BANDS]: bands that may take positions beyond the
+        exactly-tested prefix; they must form runs at the ends of the range (else: dense)."""
+        n = wide.shape[0]
+        top_run = wide.flip(1).long().cumprod(1).sum(1)
+        bot_run = wide.long().cumprod(1).sum(1)
+        dense = wide.sum(1) > top_run + bot_run
+        w = torch.ldexp(torch.ones(n, device=wide.device), (self.hist.exp - 3).to(torch.int32))  # band width
+        half = N_BANDS // 2
+        edge_hi = (half - top_run).float() * w  # lower edge of the top run
+        edge_lo = (bot_run - half).float() * w  # upper edge of the bottom run (right-closed: included)
+        inf = torch.tensor(float("inf"), device=wide.device)
+        hi = torch.where(top_run > 0, edge_hi, inf)
+        lo = torch.where(bot_run > 0, torch.nextafter(edge_lo, inf), -inf)
+        hi = torch.minimum(torch.minimum(hi, self.vmax), torch.nextafter(self.top.kth(), -inf))
+        lo = torch.maximum(lo, self.vmin)
+        dense |= ~(lo < hi)  # nothing left to skip (also: first batch, top-k not full yet)
+        return lo, hi, dense
+
+    def _dense_bands(self, bins: Tensor, units: Tensor, cnt: Tensor):
+        """Band candidates of dense units: per (unit, band), the batch's first r rows (lowest (priority,
+        key)) with row < cnt. Returns (rows, units, groups)."""
+        M = bins.shape[0]
+        g = self._band_groups(bins.index_select(1, units), units).t().contiguous()  # [d, M] groups
+        col = g - units[:, None] * N_BANDS
+        col.masked_fill_(cnt[g] <= torch.arange(M, device=g.device, dtype=torch.int32)[None], N_BANDS)
+        s, si = torch.sort(col, dim=1, stable=True)
+        rank = torch.arange(M, device=g.device)[None] - torch.searchsorted(s, s)
+        i, j = ((rank < self.bands.r) & (s < N_BANDS)).nonzero(as_tuple=True)
+        rows = si[i, j]
+        return rows, units[i], units[i] * N_BANDS + s[i, j]
+
+    # work buffers: reused across batches (fresh multi-MB tensors cost page faults on every batch)
+    def _buf(self, name: str, numel: int, dtype, device) -> Tensor:
+        bufs = self.__dict__.setdefault("_bufs", {})
+        b = bufs.get(name)
+        if b is None or b.numel() < numel or b.dtype != dtype or b.device != torch.device(device):
+            b = bufs[name] = torch.empty(numel, dtype=dtype, device=device)
+        return b[:numel]
+
+    def _gather(self, flat: Tensor, idx: Tensor) -> Tensor:
+        M, n = len(idx), flat.shape[1]
+        out = self._buf("x", M * n, torch.float32, flat.device).view(M, n)
+        if flat.dtype == torch.float32:
+            return torch.index_select(flat, 0, idx, out=out)
+        return out.copy_(flat.index_select(0, idx))
+
+    def _bins(self, x: Tensor) -> Tensor:
+        """Bin columns of x [M, n] (units along columns) as a bin-major flat index column * n + unit
+        (int32, in a work buffer): neighbouring units of a row count into neighbouring cells, which
+        keeps the bincount cache-friendly. Same bins as histogram.bin_index."""
+        M, n = x.shape
+        scale = torch.ldexp(torch.ones(n, device=x.device), (HALF.bit_length() - 1 - self.hist.exp).to(torch.int32))
+        y = torch.mul(x, scale, out=self._buf("y", M * n, torch.float32, x.device).view(M, n))
+        y.ceil_()
+        out = self._buf("bins", M * n, torch.int32, x.device).view(M, n)
+        out.copy_(y)
+        base = torch.arange(n, device=x.device, dtype=torch.int32) + (HALF - 1) * n
+        return torch.add(base, out, alpha=n, out=out)
+
+    def _band_groups(self, bins: Tensor, units: Tensor) -> Tensor:
+        """Band group unit * N_BANDS + band column of bin-major flat bins of the given units (int64)."""
+        return (bins.long() // self.n >> BAND_SHIFT) + units * N_BANDS
+
+    def _sums(self, x: Tensor, tok: Tensor) -> None:
+        """Exact sums of round(x*Q): s1, s2 and per token. tok: [M] token id of each row.
+
+        round(x*Q) are integers; per-token sums of a batch are done in float32 when they provably stay
+        below 2**24 (exact), else in float64."""
+        M, n = x.shape
+        xq = torch.mul(x, Q, out=self._buf("y", M * n, torch.float32, x.device).view(M, n))
+        xq.round_()
         uniq, inv = torch.unique(tok, return_inverse=True)
-        per_tok = torch.zeros(n, len(uniq), dtype=torch.float64, device=x.device).index_add_(1, inv, xq)
-        self.s1 += per_tok.sum(1)
-        self.s2 += torch.linalg.vecdot(xq, xq, dim=1)
-        del xq
+        counts = torch.bincount(inv, minlength=len(uniq))
+        bound = (float(torch.maximum(self.vmax.abs(), self.vmin.abs()).max()) * Q + 1) * int(counts.max())
+        if bound < 2 ** 24:
+            per_tok = torch.zeros(len(uniq), n, device=x.device).index_add_(0, inv, xq).double()
+        else:
+            per_tok = torch.zeros(len(uniq), n, dtype=torch.float64, device=x.device).index_add_(0, inv, xq.double())
+        self.s1 += per_tok.sum(0)
         rows = self._rows_for(uniq)
-        self.tok_rows.index_put_((rows,), per_tok.t(), accumulate=True)
-        self.tok_count.index_put_((rows,), torch.bincount(inv, minlength=len(uniq)), accumulate=True)
-
-        # top-k
-        vals, cols = topk_rows(x, self.top.k)
-        self.top.update(vals, ctx.keys[cols], lambda u, j: self._fetch(flat, ctx, u, cols[u, j]))
-
-        # band reservoirs: a candidate must beat its band's current threshold
-        self._offer_bands(x, bins, ctx, flat)
-
-    def _offer_bands(self, x: Tensor, bins: Tensor, ctx: BatchContext, flat: Tensor) -> None:
-        """bins [n, M] flat histogram bins (unit * 2*HALF + column); band = bins >> BAND_SHIFT. The exact test (priority <= the band's threshold)
-        needs a table lookup per value; a cheap superset goes first: priority <= the largest threshold of
-        the unit's full bands, or a band in the runs of still-open bands at either end of the range
-        (rare values). Units with an open band elsewhere (the first batches) take everything."""
-        n = x.shape[0]
-        thr = self.bands.threshold()
-        t2 = thr.view(n, N_BANDS)
-        open_ = t2 == EMPTY_KEY
-        closed_max = torch.where(open_, -1, t2).amax(1)
-        top_run = open_.flip(1).long().cumprod(1).sum(1)
-        bot_run = open_.long().cumprod(1).sum(1)
-        dense = open_.sum(1) > top_run + bot_run
-        base = torch.arange(n, device=x.device) * N_BANDS
-        top_lo = torch.where(dense, base, base + N_BANDS - top_run)
-        bot_hi = torch.where(dense, base + N_BANDS, base + bot_run - 1)
-        pri = priority(ctx.keys)
-        maybe = (bins >= (top_lo << BAND_SHIFT)[:, None].to(bins.dtype))
-        maybe |= bins < ((bot_hi + 1) << BAND_SHIFT)[:, None].to(bins.dtype)
-        maybe |= pri[None, :] <= closed_max[:, None]
-        u, m = maybe.nonzero(as_tuple=True)
-        band = bins[u, m].long() >> BAND_SHIFT  # unit * N_BANDS + band column
-        ok = thr[band] >= pri[m]
-        band = band[ok]
-        u, m = u[ok], m[ok]
-        if len(u) > 4 * n * N_BANDS * self.bands.r:  # early batches: keep the batch's r best per band first
-            cand = torch.zeros_like(maybe)
-            cand[u, m] = True
-            u, m = self._bottom_r((bins.long() >> BAND_SHIFT) - base[:, None], pri, ctx.keys, cand).nonzero(as_tuple=True)
-            band = bins[u, m].long() >> BAND_SHIFT
-        self.bands.offer(band, pri[m], ctx.keys[m], x[u, m], lambda j: self._fetch(flat, ctx, u[j], m[j])[:2])
-
-    def _bottom_r(self, col: Tensor, pri: Tensor, keys: Tensor, cand: Tensor) -> Tensor:
-        """Dense pre-filter for the first batches (every band still has room): keep, per unit and band,
-        only the batch's r best (priority, key) candidates."""
-        o = keys.argsort()
-        o = o[torch.sort(pri[o], stable=True).indices]  # columns in (priority, key) order
-        c = col[:, o].masked_fill(~cand[:, o], N_BANDS)  # non-candidates sort last
-        s, si = torch.sort(c, dim=1, stable=True)
-        rank = torch.arange(c.shape[1], device=c.device)[None] - torch.searchsorted(s, s)
-        keep = (rank < self.bands.r) & (s < N_BANDS)
-        out = torch.zeros_like(cand)
-        u, j = keep.nonzero(as_tuple=True)
-        out[u, o[si[u, j]]] = True
-        return out
+        self.tok_rows[rows] += per_tok
+        self.tok_count[rows] += counts
+        x2 = self._buf("xq2", M * n, torch.float64, x.device).view(M, n).copy_(xq)
+        x2.mul_(x2)
+        self.s2 += torch.ones(M, dtype=torch.float64, device=x.device) @ x2
 
     def _fetch(self, flat: Tensor, ctx: BatchContext, u: Tensor, col: Tensor):
         """Windows of examples (unit u [s], counted-position index col [s]): tokens, values, extra."""
         focus = ctx.rows[col]
         where = b, tj, ok = ctx.window_positions(focus)
         T = ctx.tokens.shape[1]
-        val = flat[b[:, None] * T + tj, u[:, None]].float().masked_fill_(~ok, float("nan"))
+        n = flat.shape[1]
+        idx = ((b[:, None] * T + tj) * n + u[:, None]).reshape(-1)  # one flat gather: fast
+        val = flat.reshape(-1)[idx].view(tj.shape).float().masked_fill_(~ok, float("nan"))
         return ctx.window_tokens(focus, where), val, torch.zeros_like(u)
 
     def _rows_for(self, ids: Tensor) -> Tensor:
-        """Rows of the per-token table for token ids [u], adding rows for tokens seen the first time."""
+        """Rows of the per-token table for token ids [u], adding rows for tokens seen the first time.
+        The table grows by doubling its capacity (tok_rows is a view of the first rows)."""
         rows = self._row_of[ids]
         new = ids[rows < 0]
         if len(new):
-            start = len(self.tok_ids)
-            self._row_of[new] = torch.arange(start, start + len(new), device=ids.device)
+            start, end = len(self.tok_ids), len(self.tok_ids) + len(new)
+            self._row_of[new] = torch.arange(start, end, device=ids.device)
             self.tok_ids = torch.cat([self.tok_ids, new])
             self.tok_count = torch.cat([self.tok_count, torch.zeros_like(new)])
-            self.tok_rows = torch.cat([self.tok_rows, self.tok_rows.new_zeros(len(new), self.n)])
+            cap = self.__dict__.get("_tok_cap")
+            if cap is None or cap.shape[0] < end:
+                cap = self.tok_rows.new_zeros(max(end, 2 * start, 256), self.n)
+                cap[:start] = self.tok_rows
+                self._tok_cap = cap
+            self.tok_rows = cap[:end]
             rows = self._row_of[ids]
         return rows
 
@@ -174,7 +287,7 @@ class NeuronAccumulator:
     def state(self) -> dict:
         return {"count": self.count, "s1": self.s1, "s2": self.s2, "vmax": self.vmax, "vmin": self.vmin,
                 "hist": self.hist.state(), "top": self.top.state(), "bands": self.bands.state(),
-                "tok_ids": self.tok_ids, "tok_rows": self.tok_rows, "tok_count": self.tok_count,
+                "tok_ids": self.tok_ids, "tok_rows": self.tok_rows.clone(), "tok_count": self.tok_count,
                 "d_vocab": self.d_vocab}
 
     @classmethod

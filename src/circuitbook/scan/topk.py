@@ -120,6 +120,47 @@ class TopK:
             self.ctx_val[er, es] = val
             self.extra[er, es] = extra
 
+    def offer(self, units: Tensor, vals: Tensor, keys: Tensor, fetch) -> None:
+        """Offer sparse candidates: units [c], vals [c], keys [c] (keys unique per unit, not already held).
+
+        Same result as :meth:`update`, for a few candidates spread over many units (the usual case once
+        the top-k are warm: only values beating a unit's k-th best are offered). ``fetch(cand_idx) ->
+        (ctx_tok [s, width], ctx_val [s, width], extra [s])`` builds the windows of those that got in."""
+        if len(units) == 0:
+            return
+        k = self.k
+        aff = torch.unique(units)  # sorted
+        slot = (aff[:, None] * k + torch.arange(k, device=units.device)).reshape(-1)  # their slots, unit order
+        e_unit = torch.cat([aff.repeat_interleave(k), units])
+        e_val = torch.cat([self.vals.view(-1)[slot], vals.float()])
+        e_key = torch.cat([self.keys.view(-1)[slot], keys])
+        # (unit asc, value desc, key asc): stable sorts from the last criterion to the first, the first two
+        # as one int64 (unit, order-reversed value bits); empty slots (-inf) sort after every value
+        o = e_key.argsort(stable=True)
+        comp = (e_unit << 32) | ((1 << 31) - 1 - _sortable(e_val))
+        o = o[torch.sort(comp[o], stable=True).indices]
+        u_sorted = e_unit[o]
+        rank = torch.arange(len(o), device=o.device) - torch.searchsorted(u_sorted, u_sorted)
+        kept = torch.zeros(len(o), dtype=torch.bool, device=o.device)
+        kept[o[rank < k]] = True
+        n_old = len(slot)
+        ev = (~kept[:n_old]).nonzero()[:, 0]  # evicted slots, unit order
+        en = kept[n_old:].nonzero()[:, 0]  # entering candidates: as many per unit as evicted slots
+        if len(en) == 0:
+            return
+        en = en[torch.sort(units[en], stable=True).indices]
+        dest = slot[ev]
+        tok, val, extra = fetch(en)
+        self.vals.view(-1)[dest] = vals[en].float()
+        self.keys.view(-1)[dest] = keys[en]
+        self.extra.view(-1)[dest] = extra
+        self.ctx_tok.view(-1, self.width)[dest] = tok
+        self.ctx_val.view(-1, self.width)[dest] = val
+
+    def kth(self) -> Tensor:
+        """[n_units] the k-th best value held (-inf while a unit has room): only values >= this can enter."""
+        return self.vals.amin(1)
+
     def canonicalize(self) -> "TopK":
         """Sort each unit's slots best first (value desc, key asc)."""
         o = order(self.vals, self.keys)
