@@ -102,6 +102,8 @@ def corpus_hash(source: str | Path) -> str:
     src = str(source)
     if src.startswith("hf:"):
         return "hf-" + hashlib.sha256(src.encode()).hexdigest()[:16]
+    if not Path(source).is_file():
+        raise CorpusError(f"corpus {source} does not exist or is not a file")
     h = hashlib.sha256()
     with open(source, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

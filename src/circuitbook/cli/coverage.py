@@ -28,7 +28,7 @@ def main(args) -> int:
     from ..handcraft import coverage_from_book
     from .handcraft import model_and_book, stories_of
 
-    model, book = model_and_book(args)
+    model, book = model_and_book(args, must_exist=True)
     book.bind_model(model)
     if not book.labelled():
         raise CircuitbookError(f"{book.path} has no labelled units: label some first (web UI or Book.set_label)")

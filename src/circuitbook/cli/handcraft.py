@@ -29,10 +29,10 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def model_and_book(args):
+def model_and_book(args, must_exist: bool = False):
     from ..book import Book
 
-    book = Book.open(args.book) if getattr(args, "book", None) else None
+    book = Book.open(args.book, create=not must_exist) if getattr(args, "book", None) else None
     if not args.model:
         src = book.get_meta("model_source") if book is not None else None
         if not src:

@@ -226,8 +226,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     if model.tokenizer is None or model.tokenizer.bos_id is None:
         raise ScanError("the scan needs the model's tokenizer with a BOS / story separator token "
                         "(every sequence starts with it and position 0 is left out of the statistics)")
+    get_stories, chash, desc = _stories(corpus)  # a missing corpus fails before the book is created
     book = book if isinstance(book, Book) else Book.open(book)
-    get_stories, chash, desc = _stories(corpus)
     identity = {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
                 "dtype": str(model.weights.W_E.dtype), **s.identity()}
     if keep_state is None:
