@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from circuitbook.scan.context import BatchContext
@@ -13,8 +14,9 @@ from circuitbook.scan.run import ScanSettings, _batches, _sequences
 B4, A2 = 4, 2
 
 
-def test_head_stats_examples_and_pairs(tiny, stories):
-    s = ScanSettings(max_len=24, batch_size=3)
+@pytest.mark.parametrize("max_len", [24, 90])  # 90: sequences long enough to be cut into row blocks
+def test_head_stats_examples_and_pairs(tiny, stories, max_len):
+    s = ScanSettings(max_len=max_len, batch_size=3)
     seqs = list(_sequences(stories[:6], tiny.tokenizer, s))
     layer = 1  # local attention (window 8)
     acc = HeadAccumulator(tiny.cfg.n_heads, 5, B4 + 1 + A2, tiny.cfg.d_vocab, pair_min=0.2)
@@ -27,7 +29,7 @@ def test_head_stats_examples_and_pairs(tiny, stories):
             tok[j, :len(ids)] = torch.tensor(ids)
             mask[j, :len(ids)] = True
         ctx = BatchContext.build(tok, mask, torch.tensor([g[0] for g in grp]), torch.tensor([g[1] for g in grp]),
-                                 24, B4, A2)
+                                 max_len, B4, A2)
         P = tiny.run(tok, [f"blocks.{layer}.attn.hook_pattern"])[f"blocks.{layer}.attn.hook_pattern"]
         acc.update(P, ctx)
         for j, (st, w, ids) in enumerate(grp):
@@ -42,7 +44,7 @@ def test_head_stats_examples_and_pairs(tiny, stories):
     for st, w, ids, p in rows:
         for q in range(1, len(ids)):
             n += 1
-            key = (st << 24) | (w * 23 + q - 1)
+            key = (st << 24) | (w * (max_len - 1) + q - 1)
             for h in range(H):
                 r = p[h, q, :q + 1]
                 ent = -sum(x * math.log(x) for x in r if x > 0)
@@ -70,7 +72,7 @@ def test_head_stats_examples_and_pairs(tiny, stories):
     # the window of an example is the attention row of its query (NaN after the query)
     ex_key = acc.top.keys[0, 0].item()
     st, off = ex_key >> 24, ex_key & ((1 << 24) - 1)
-    w, q = off // 23, off % 23 + 1
+    w, q = off // (max_len - 1), off % (max_len - 1) + 1
     p = next(p for s_, w_, _, p in rows if (s_, w_) == (st, w))
     for j, v in enumerate(acc.top.ctx_val[0, 0].tolist()):
         k = q - B4 + j

@@ -69,7 +69,16 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("k,r", [(4, 2), (200, 3)])  # k=200: more than the data
-def test_neuron_accumulator_matches_brute_force(k, r):
+@pytest.mark.parametrize("paths", ["default", "sparse", "dense"])
+def test_neuron_accumulator_matches_brute_force(k, r, paths, monkeypatch):
+    # small batches take the exact-prefix path; "sparse" shrinks the prefix to one row and never goes
+    # dense for candidate counts (tail bands, extremes and top-k go through the sparse candidates),
+    # "dense" sends every unit with more than one candidate down the dense path
+    if paths != "default":
+        monkeypatch.setattr(NeuronAccumulator, "prefix_min", 1)
+        monkeypatch.setattr(NeuronAccumulator, "heavy_min", 10**9 if paths == "sparse" else 0)
+        if paths == "dense":
+            monkeypatch.setattr(NeuronAccumulator, "heavy_limit", lambda self, M: 1, raising=False)
     seqs = make_corpus(0)
     n = seqs[0][3].shape[1]
     acc = NeuronAccumulator(n, k, r, BEFORE + 1 + AFTER, d_vocab=9)

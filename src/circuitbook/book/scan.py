@@ -308,7 +308,8 @@ def _examples_html(exs: list[Example], strs: list[str], scale: float | None, n: 
     out = ["<div class='cb-examples'>"]
     for ex in exs[:n]:
         keep = [i for i, t in enumerate(ex.tokens) if t >= 0]
-        toks = [_strs(ex, strs)[i] for i in keep]
+        ex_strs = _strs(ex, strs)  # once per example, not once per token
+        toks = [ex_strs[i] for i in keep]
         vals = [ex.values[i] if math.isfinite(ex.values[i]) else 0.0 for i in keep]
         mark = keep.index(ex.focus) if ex.focus in keep else None
         meta = f"{fmt(ex.value)} · story {ex.story} tok {ex.offset}"

@@ -7,7 +7,9 @@ p[k] (k <= q):
     prev     p[q-1]
     dist     sum_k p[k] * (q - k)      mean attention distance, in tokens
     entropy  -sum_k p[k] ln p[k]       nats
-Means of these are exact, order-independent sums on the 2**-12 grid (as in neurons.py).
+Means of these are exact, order-independent sums on the 2**-12 grid (as in neurons.py). Each query's
+values are computed from its own sequence's block of the pattern (keys 0..q, no padding), so they do not
+depend on the batch's padded length either.
 
 Top examples: the queries with the strongest attention to a real token (max over k >= 1 of p[k]),
 with the query's attention row over the context window and, in ``extra``, the distance q - k* to the
@@ -64,29 +66,13 @@ class HeadAccumulator:
         for b, L in enumerate(ctx.lengths.tolist()):
             if L < 2:
                 continue
-            P = pattern[b, :, 1:L, :L].float()  # [H, L-1, L] query q = row + 1
-            q = ar[1:L]
-            st = torch.empty(H, L - 1, 7, device=dev)
-            st[..., 0] = P[..., 0]
-            st[..., 1] = P.diagonal(1, 1, 2)
-            st[..., 2] = P.diagonal(0, 1, 2)
-            st[..., 3] = q - P @ ar[:L]
-            st[..., 4] = torch.special.entr(P).sum(-1)
-            h, r, k = (P[..., 1:] >= self.pair_min).nonzero(as_tuple=True)
-            k = k + 1
-            w = P[h, r, k]
-            if sparse_max:  # rows without a weight >= pair_min cannot enter the top-k: mark them -inf
-                flat = h * (L - 1) + r
-                mx = torch.full((H * (L - 1),), float("-inf"), device=dev).scatter_reduce_(0, flat, w, "amax")
-                big = torch.full((H * (L - 1),), L, device=dev, dtype=torch.long)
-                first = big.scatter_reduce_(0, flat[w == mx[flat]], k[w == mx[flat]], "amin")  # first key at the max
-                st[..., 5] = mx.view(H, L - 1)
-                st[..., 6] = first.view(H, L - 1).float()
-            else:
-                mx, am = P[..., 1:].max(-1)
-                st[..., 5], st[..., 6] = mx, (am + 1).float()
+            st = torch.empty(H, L - 1, 7, device=dev)  # row = query - 1
+            # causal: rows [r0, r1) only see keys [0, r1]; two row blocks skip a quarter of the zeros
+            cuts = [0, (L - 1) // 2, L - 1] if L >= 64 else [0, L - 1]
+            for r0, r1 in zip(cuts[:-1], cuts[1:]):
+                P = pattern[b, :, 1 + r0:1 + r1, :r1 + 1].float()  # [H, rows, keys]
+                self._block_stats(P, r0, ar, st[:, r0:r1], sparse_max, pair_parts, b)
             stats.append(st)
-            pair_parts.append((b, h, r + 1, k, w))
         stats = torch.cat(stats, 1)  # [H, M, 7] corpus order (ctx.rows)
         self.count += stats.shape[1]
         self.sums += (stats[..., :5] * Q).round_().double().sum(1)
@@ -119,6 +105,32 @@ class HeadAccumulator:
         self._pending.append((ids, mass, torch.ones_like(ids)))  # reduced in _compact
         if sum(len(p[0]) for p in self._pending) > 4_000_000:
             self._compact()
+
+    def _block_stats(self, P: Tensor, r0: int, ar: Tensor, st: Tensor, sparse_max: bool, pair_parts: list, b: int) -> None:
+        """Statistics of query rows r0.. of one sequence: P [H, rows, keys] (query q = r0 + row + 1 sees
+        keys 0..q, all inside P), into st [H, rows, 7]; pair entries appended to pair_parts."""
+        H, R, K = P.shape
+        q = ar[r0 + 1:r0 + 1 + R]
+        st[..., 0] = P[..., 0]
+        st[..., 1] = P.diagonal(r0 + 1, 1, 2)
+        st[..., 2] = P.diagonal(r0, 1, 2)
+        st[..., 3] = q - P @ ar[:K]
+        st[..., 4] = torch.special.entr(P).sum(-1)
+        h, r, k = (P[..., 1:] >= self.pair_min).nonzero(as_tuple=True)
+        k = k + 1
+        w = P[h, r, k]
+        if sparse_max:  # rows without a weight >= pair_min cannot enter the top-k: mark them -inf
+            flat = h * R + r
+            mx = torch.full((H * R,), float("-inf"), device=P.device).scatter_reduce_(0, flat, w, "amax")
+            at = w == mx[flat]
+            first = torch.full((H * R,), K, device=P.device, dtype=torch.long)
+            first.scatter_reduce_(0, flat[at], k[at], "amin")  # first key at the max
+            st[..., 5] = mx.view(H, R)
+            st[..., 6] = first.view(H, R).float()
+        else:
+            mx, am = P[..., 1:].max(-1)
+            st[..., 5], st[..., 6] = mx, (am + 1).float()
+        pair_parts.append((b, h, r + r0 + 1, k, w))
 
     def _compact(self) -> None:
         if self._pending:

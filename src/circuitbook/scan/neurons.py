@@ -80,7 +80,7 @@ class NeuronAccumulator:
         prefix = min(M, max(self.prefix_min, M // 16))
         cnt = torch.searchsorted(pri, self.bands.threshold(), right=True).view(n, N_BANDS)
         lo, hi, dense = self._cuts(cnt > prefix)
-        heavy = max(self.heavy_min, 4 * self.top.k, M // 8)
+        heavy = self.heavy_limit(M)
         dense_idx = dense.nonzero()[:, 0]
         if len(dense_idx) < n:
             mask = torch.gt(x, hi).logical_or_(torch.lt(x, lo))
@@ -148,6 +148,10 @@ class NeuronAccumulator:
             bm, bu, bg = torch.cat([bm, dm]), torch.cat([bu, du]), torch.cat([bg, dg])
         self.bands.offer(bg, pri[bm], keys[bm], x[bm, bu],
                          lambda j: self._fetch(flat, ctx, bu[j], o[bm[j]])[:2])
+
+    def heavy_limit(self, M: int) -> int:
+        """A unit with more candidates than this in a batch of M positions is handled densely."""
+        return max(self.heavy_min, 4 * self.top.k, M // 8)
 
     def _cuts(self, wide: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per unit (lo [n], hi [n], dense [n] bool): every value that can change the state is > hi or

@@ -5,8 +5,9 @@
 Taps only ``blocks.{l}.mlp.hook_post`` and ``blocks.{l}.attn.hook_pattern``: the forward stops after the
 last layer's MLP activation, so W_out of the last layer and the unembedding are never computed.
 
-Resume: every ``checkpoint_every`` batches the whole state (accumulators + how far we got, keyed by the
-last (story, window) done) is written to ``scan_state`` in one transaction. A run killed at any point
+Resume: every ``checkpoint_every`` batches (spaced out so that writing it costs at most 5% of the scan's
+time) the whole state (accumulators + how far we got, keyed by the last (story, window) done) is written
+to ``scan_state`` in one transaction. A run killed at any point
 (even SIGKILL) and started again with the same arguments continues from the last checkpoint; every
 statistic is exact and order-independent (see neurons.py, topk.py, reservoir.py), so the book ends
 identical to an uninterrupted run. Ctrl-C writes a checkpoint before stopping.
@@ -38,6 +39,7 @@ from .neurons import NeuronAccumulator
 from .topk import EMPTY_KEY, split_key
 
 SCAN_VERSION = 1
+CHECKPOINT_RATIO = 20  # scan at least this many times as long as the last checkpoint took before the next
 
 
 class ScanError(CircuitbookError, RuntimeError):
@@ -271,6 +273,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
 
     t0 = time.time()
     new_tokens, since = 0, 0
+    ckpt_end, ckpt_cost = t0, 0.0
     try:
         for bi, group in shard_batches(get_stories(), model.tokenizer, s, after=prog["batch"]):
             T = max(len(ids) for _, _, ids in group)
@@ -299,9 +302,15 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
                 el = max(time.time() - t0, 1e-9)
                 bar.update(group[-1][0] + 1 - bar.n)  # stories read so far (all shards read them all)
                 bar.set_postfix_str(f"{new_tokens / el:,.0f} tok/s", refresh=False)
-            if since >= s.checkpoint_every:
+            # checkpoint every checkpoint_every batches, but after one that took c seconds scan at least
+            # CHECKPOINT_RATIO * c before the next: the state (per-token sums, windows) is tens of MB, and
+            # writing it must not cost more than 1/CHECKPOINT_RATIO of the scan
+            if since >= s.checkpoint_every and time.time() - ckpt_end >= CHECKPOINT_RATIO * ckpt_cost:
+                c0 = time.time()
                 with book.transaction() as c:
                     save_state(book, identity, state, prog, False, c)
+                ckpt_end = time.time()
+                ckpt_cost = ckpt_end - c0
                 since = 0
     except KeyboardInterrupt:
         with book.transaction() as c:
