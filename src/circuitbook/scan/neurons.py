@@ -176,12 +176,19 @@ class NeuronAccumulator:
     def _dense_bands(self, bins: Tensor, units: Tensor, cnt: Tensor):
         """Band candidates of dense units: per (unit, band), the batch's first r rows (lowest (priority,
         key)) with row < cnt. Returns (rows, units, groups)."""
-        M = bins.shape[0]
-        g = self._band_groups(bins.index_select(1, units), units).t().contiguous()  # [d, M] groups
-        col = g - units[:, None] * N_BANDS
-        col.masked_fill_(cnt[g] <= torch.arange(M, device=g.device, dtype=torch.int32)[None], N_BANDS)
-        s, si = torch.sort(col, dim=1, stable=True)
-        rank = torch.arange(M, device=g.device)[None] - torch.searchsorted(s, s)
+        M, d = bins.shape[0], len(units)
+        b = bins if d == self.n else bins.index_select(1, units)  # (all units: the first batch)
+        col = (b // self.n >> BAND_SHIFT).t().contiguous()  # [d, M] int32 band column
+        cnt_d = cnt.view(-1, N_BANDS)[units]  # [d, N_BANDS]
+        if bool((cnt_d < M).any()):  # some bands only take the first cnt rows
+            col.masked_fill_(cnt_d.gather(1, col.long()) <= torch.arange(M, device=col.device, dtype=torch.int32), N_BANDS)
+        s, si = torch.sort(col.to(torch.int16), dim=1, stable=True)
+        # rank within a (unit, band) run = position - where the run starts (from per-row band counts)
+        per = torch.zeros(d, N_BANDS + 1, dtype=torch.long, device=col.device)
+        per.scatter_add_(1, col.long(), torch.ones(1, 1, dtype=torch.long, device=col.device).expand(d, M))
+        start = per.cumsum(1) - per  # [d, N_BANDS + 1] first position of each band in the sorted row
+        s = s.long()
+        rank = torch.arange(M, device=col.device)[None] - start.gather(1, s)
         i, j = ((rank < self.bands.r) & (s < N_BANDS)).nonzero(as_tuple=True)
         rows = si[i, j]
         return rows, units[i], units[i] * N_BANDS + s[i, j]
