@@ -189,22 +189,21 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
         html, status = site.prompt_page(_query(request), runner)
         return HTMLResponse(html, status)
 
-    @app.get("/api/graph.json")
-    def graph_json(request: Request):
+    def _graph(request: Request):
         q = _query(request)
         q.check()
         if not q.text:
             raise CircuitbookError("text (the prompt) is required")
-        return JSONResponse(runner.graph(q).to_json(),
+        return runner.graph(q)
+
+    @app.get("/api/graph.json")
+    def graph_json(request: Request):
+        return JSONResponse(_graph(request).to_json(),
                             headers={"Content-Disposition": 'attachment; filename="graph.json"'})
 
     @app.get("/api/graph.svg")
     def graph_svg(request: Request):
-        q = _query(request)
-        q.check()
-        if not q.text:
-            raise CircuitbookError("text (the prompt) is required")
-        return Response(runner.graph(q).to_svg(), media_type="image/svg+xml",
+        return Response(_graph(request).to_svg(), media_type="image/svg+xml",
                         headers={"Content-Disposition": 'attachment; filename="graph.svg"'})
 
     @app.get("/{kind}/{layer}/{idx}", response_class=HTMLResponse)
