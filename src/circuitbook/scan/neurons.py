@@ -242,8 +242,8 @@ class NeuronAccumulator:
             per_tok = torch.zeros(len(uniq), n, dtype=torch.float64, device=x.device).index_add_(0, inv, xq.double())
         self.s1 += per_tok.sum(0)
         rows = self._rows_for(uniq)
-        self.tok_rows[rows] += per_tok
-        self.tok_count[rows] += counts
+        self.tok_rows.index_add_(0, rows, per_tok)  # rows are distinct: same sums, no gather/scatter copy
+        self.tok_count.index_add_(0, rows, counts)
         x2 = self._buf("xq2", M * n, torch.float64, x.device).view(M, n).copy_(xq)
         x2.mul_(x2)
         self.s2 += torch.ones(M, dtype=torch.float64, device=x.device) @ x2
