@@ -55,5 +55,6 @@ class BatchContext:
         """[s, W] int32 token ids around each focus (-1 outside the sequence); ``where``: the focus's
         window_positions if already computed."""
         b, tj, ok = where if where is not None else self.window_positions(flat)
-        tok = self.tokens[b[:, None], tj].to(torch.int32)
+        T = self.tokens.shape[1]
+        tok = self.tokens.reshape(-1).index_select(0, (b[:, None] * T + tj).reshape(-1)).view(tj.shape).to(torch.int32)
         return tok.masked_fill_(~ok, -1)

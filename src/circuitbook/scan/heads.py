@@ -100,7 +100,8 @@ class HeadAccumulator:
         V = self.d_vocab
         b = torch.cat([torch.full_like(p[1], p[0]) for p in pair_parts])
         h, q, k, w = (torch.cat([p[i] for p in pair_parts]) for i in range(1, 5))
-        ids = (h * V + ctx.tokens[b, q]) * V + ctx.tokens[b, k]
+        tf = ctx.tokens.reshape(-1)  # 1-d index_select: much faster than 2-d advanced indexing
+        ids = (h * V + tf.index_select(0, b * T + q)) * V + tf.index_select(0, b * T + k)
         mass = (w * Q).round_().double()
         self._pending.append((ids, mass, torch.ones_like(ids)))  # reduced in _compact
         if sum(len(p[0]) for p in self._pending) > 4_000_000:

@@ -255,7 +255,7 @@ class NeuronAccumulator:
         T = ctx.tokens.shape[1]
         n = flat.shape[1]
         idx = ((b[:, None] * T + tj) * n + u[:, None]).reshape(-1)  # one flat gather: fast
-        val = flat.reshape(-1)[idx].view(tj.shape).float().masked_fill_(~ok, float("nan"))
+        val = flat.reshape(-1).index_select(0, idx).view(tj.shape).float().masked_fill_(~ok, float("nan"))
         return ctx.window_tokens(focus, where), val, torch.zeros_like(u)
 
     def _rows_for(self, ids: Tensor) -> Tensor:
