@@ -51,13 +51,9 @@ def model_for(name: str):
 
 
 def tensors(group):
-    T = max(len(x[2]) for x in group)
-    tok = torch.zeros(len(group), T, dtype=torch.long)
-    mask = torch.zeros(len(group), T, dtype=torch.bool)
-    for j, (_, _, ids) in enumerate(group):
-        tok[j, :len(ids)] = torch.tensor(ids)
-        mask[j, :len(ids)] = True
-    return tok, mask
+    from circuitbook.corpus import pad
+
+    return pad([ids for _, _, ids in group])
 
 
 def part_loop(name: str, max_tokens: int, batch_size: int) -> dict:

@@ -145,18 +145,24 @@ def sequences(stories, tokenizer, max_len: int = 512, bos_id: int | None = -1) -
                 yield s, w, prefix + chunk
 
 
+def pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists: (tokens [n, max_len] int64, mask [n, max_len] bool, True on real tokens)."""
+    T = max(len(ids) for ids in seqs)
+    toks = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, ids in enumerate(seqs):
+        toks[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = True
+    return toks, mask
+
+
 def batches(stories, tokenizer, max_len: int = 512, batch_size: int = 8, pad_id: int = 0,
             bos_id: int | None = -1) -> Iterator[Batch]:
     """Group :func:`sequences` into right-padded batches, in corpus order."""
     pending: list[tuple[int, int, list[int]]] = []
 
     def flush():
-        T = max(len(ids) for _, _, ids in pending)
-        toks = torch.full((len(pending), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(pending), T), dtype=torch.bool)
-        for i, (_, _, ids) in enumerate(pending):
-            toks[i, : len(ids)] = torch.tensor(ids)
-            mask[i, : len(ids)] = True
+        toks, mask = pad([ids for _, _, ids in pending], pad_id)
         return Batch(toks, mask, torch.tensor([s for s, _, _ in pending]), torch.tensor([w for _, w, _ in pending]))
 
     for item in sequences(stories, tokenizer, max_len, bos_id):

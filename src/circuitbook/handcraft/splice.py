@@ -178,9 +178,6 @@ def ablate_heads(weights: Weights, layer: int, heads: Iterable[int], mode: str =
         raise SpliceError(f"weight ablation mode must be zero or mean, not {mode!r}")
     if mode == "mean" and means is None:
         raise SpliceError("mean ablation needs unit means (unit_means(weights, batches))")
-    if heads and weights.cfg.n_kv_heads != weights.cfg.n_heads:
-        # zeroing W_O alone is enough and keeps kv groups intact
-        pass
     w = weights.clone()
     for h in heads:
         if mode == "mean":

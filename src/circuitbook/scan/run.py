@@ -31,7 +31,7 @@ import torch
 
 from ..book import Book, BookError
 from ..book.scan import RESULT_TABLES
-from ..corpus import CorpusError, corpus_hash, read_stories
+from ..corpus import CorpusError, corpus_hash, pad, read_stories
 from ..errors import CircuitbookError
 from .context import BatchContext
 from .heads import STATS, HeadAccumulator
@@ -276,12 +276,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     ckpt_end, ckpt_cost = t0, 0.0
     try:
         for bi, group in shard_batches(get_stories(), model.tokenizer, s, after=prog["batch"]):
-            T = max(len(ids) for _, _, ids in group)
-            tokens = torch.zeros((len(group), T), dtype=torch.long)
-            mask = torch.zeros((len(group), T), dtype=torch.bool)
-            for j, (_, _, ids) in enumerate(group):
-                tokens[j, :len(ids)] = torch.tensor(ids)
-                mask[j, :len(ids)] = True
+            tokens, mask = pad([ids for _, _, ids in group])
             story = torch.tensor([g[0] for g in group])
             window = torch.tensor([g[1] for g in group])
             ctx = BatchContext.build(tokens.to(device), mask.to(device), story.to(device), window.to(device),

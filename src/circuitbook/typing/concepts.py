@@ -25,7 +25,7 @@ import re
 import numpy as np
 import torch
 
-from ..corpus import sequences
+from ..corpus import pad, sequences
 from ..errors import CircuitbookError
 from .scores import embed, output_effect
 
@@ -160,12 +160,9 @@ def concept_search(model, words: str | list[str], stories=None, k: int = 10, uni
     a_s1, a_s2, a_n, a_c, a_cn = np.zeros(H), np.zeros(H), 0, np.zeros(H), 0
     for b0 in range(0, len(seqs), batch_size):
         batch = seqs[b0:b0 + batch_size]
-        T = max(len(s) for s in batch)
-        toks = torch.zeros(len(batch), T, dtype=torch.long)
-        mask = torch.zeros(len(batch), T, dtype=torch.bool)
-        for i, s in enumerate(batch):
-            toks[i, : len(s)] = torch.tensor(s)
-            mask[i, 1: len(s)] = True
+        toks, mask = pad(batch)
+        T = toks.shape[1]
+        mask[:, 0] = False  # BOS is not a context token
         out = model.run(toks, taps)
         acts = torch.cat([out[t] for t in taps if "mlp" in t], -1).float().cpu().numpy()  # [B, T, n_units]
         tk = toks.numpy()
