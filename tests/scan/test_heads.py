@@ -14,8 +14,10 @@ from circuitbook.scan.run import ScanSettings, _batches, _sequences
 B4, A2 = 4, 2
 
 
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
 @pytest.mark.parametrize("max_len", [24, 90])  # 90: sequences long enough to be cut into row blocks
-def test_head_stats_examples_and_pairs(tiny, stories, max_len):
+def test_head_stats_examples_and_pairs(tiny, stories, max_len, kernels, monkeypatch):
+    monkeypatch.setattr(HeadAccumulator, "kernels", kernels)
     s = ScanSettings(max_len=max_len, batch_size=3)
     seqs = list(_sequences(stories[:6], tiny.tokenizer, s))
     layer = 1  # local attention (window 8)

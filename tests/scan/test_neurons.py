@@ -69,12 +69,14 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("k,r", [(4, 2), (200, 3)])  # k=200: more than the data
-@pytest.mark.parametrize("paths", ["default", "sparse", "dense"])
+@pytest.mark.parametrize("paths", ["numba", "torch", "sparse", "dense"])
 def test_neuron_accumulator_matches_brute_force(k, r, paths, monkeypatch):
-    # small batches take the exact-prefix path; "sparse" shrinks the prefix to one row and never goes
-    # dense for candidate counts (tail bands, extremes and top-k go through the sparse candidates),
-    # "dense" sends every unit with more than one candidate down the dense path
-    if paths != "default":
+    # "numba": the fused CPU kernels; the rest is the torch path: small batches take the exact-prefix
+    # path; "sparse" shrinks the prefix to one row and never goes dense for candidate counts (tail
+    # bands, extremes and top-k go through the sparse candidates), "dense" sends every unit with more
+    # than one candidate down the dense path
+    monkeypatch.setattr(NeuronAccumulator, "kernels", "numba" if paths == "numba" else "torch")
+    if paths in ("sparse", "dense"):
         monkeypatch.setattr(NeuronAccumulator, "prefix_min", 1)
         monkeypatch.setattr(NeuronAccumulator, "heavy_min", 10**9 if paths == "sparse" else 0)
         if paths == "dense":
@@ -151,7 +153,9 @@ def state_equal(a, b):
     assert ta == tb
 
 
-def test_batching_and_merge_do_not_change_anything():
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_batching_and_merge_do_not_change_anything(kernels, monkeypatch):
+    monkeypatch.setattr(NeuronAccumulator, "kernels", kernels)
     seqs = make_corpus(3, n_seq=20)
     n, W = seqs[0][3].shape[1], BEFORE + 1 + AFTER
     ref = NeuronAccumulator(n, 5, 2, W, 9)
@@ -168,3 +172,31 @@ def test_batching_and_merge_do_not_change_anything():
     state_equal(a, ref)
     # and through serialisation
     state_equal(NeuronAccumulator.from_state(ref.state()), ref)
+
+
+def test_fused_kernels_equal_the_torch_path_bit_for_bit(monkeypatch):
+    """Many units, wide value ranges, exact ties and mid-stream level changes: both paths, same state."""
+    g = torch.Generator().manual_seed(7)
+    seqs = []
+    for s in range(40):
+        L = int(torch.randint(2, MAX_LEN + 1, (1,), generator=g))
+        ids = [8] + torch.randint(0, 8, (L - 1,), generator=g).tolist()
+        acts = torch.randn(L, 150, generator=g) * torch.logspace(-3, 2, 150)  # spans of 1e-3 .. 1e2
+        acts[:, ::3] = acts[:, ::3].mul(8).round() / 8  # ties
+        acts[:, 1::7] = torch.relu(acts[:, 1::7])  # many exact zeros
+        acts *= 1 + (s // 10)  # levels keep rising
+        seqs.append((s, 0, ids, acts))
+    accs = {}
+    for kernels in ("numba", "torch"):
+        monkeypatch.setattr(NeuronAccumulator, "kernels", kernels)
+        accs[kernels] = NeuronAccumulator(150, 6, 3, BEFORE + 1 + AFTER, 9)
+        feed(accs[kernels], seqs, batch=7)
+    state_equal(accs["numba"], accs["torch"])
+
+
+def test_nan_activations_are_refused():
+    acc = NeuronAccumulator(3, 2, 2, BEFORE + 1 + AFTER, 9)
+    seqs = make_corpus(1, n_seq=4, n=3)
+    seqs[1][3][1, 2] = float("nan")
+    with pytest.raises(Exception, match="NaN"):
+        feed(acc, seqs, batch=4)

@@ -26,17 +26,20 @@ round(w*Q)), pair_count [p] int64.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .context import BatchContext
-from .neurons import Q
+from .neurons import Q, use_kernels
 from .topk import TopK, topk_rows
 
 STATS = ("bos", "self", "prev", "dist", "entropy")
 
 
 class HeadAccumulator:
+    kernels = "auto"  # "auto" | "numba" | "torch" (neurons.use_kernels); statistics agree to float32 precision
+
     def __init__(self, n_heads: int, k: int, width: int, d_vocab: int, pair_min: float = 0.1, device="cpu"):
         self.n, self.d_vocab, self.pair_min = n_heads, d_vocab, pair_min
         self.count = 0
@@ -59,25 +62,15 @@ class HeadAccumulator:
         if len(ctx.rows) == 0:
             return
         dev = pattern.device
-        ar = torch.arange(T, device=dev, dtype=torch.float32)
         kth = self.top.kth()
-        sparse_max = bool((kth >= self.pair_min).all())
-        stats, pair_parts = [], []
-        for b, L in enumerate(ctx.lengths.tolist()):
-            if L < 2:
-                continue
-            st = torch.empty(H, L - 1, 7, device=dev)  # row = query - 1
-            # causal: rows [r0, r1) only see keys [0, r1]; two row blocks skip a quarter of the zeros
-            cuts = [0, (L - 1) // 2, L - 1] if L >= 64 else [0, L - 1]
-            for r0, r1 in zip(cuts[:-1], cuts[1:]):
-                P = pattern[b, :, 1 + r0:1 + r1, :r1 + 1].float()  # [H, rows, keys]
-                self._block_stats(P, r0, ar, st[:, r0:r1], sparse_max, pair_parts, b)
-            stats.append(st)
-        stats = torch.cat(stats, 1)  # [H, M, 7] corpus order (ctx.rows)
+        if use_kernels(self.kernels, pattern):
+            stats, pairs = self._stats_fused(pattern, ctx)
+        else:
+            stats, pairs = self._stats_torch(pattern, ctx, bool((kth >= self.pair_min).all()))
         self.count += stats.shape[1]
         self.sums += (stats[..., :5] * Q).round_().double().sum(1)
 
-        vals, cols = topk_rows(stats[..., 5].contiguous(), self.top.k)
+        vals, cols = topk_rows(stats[..., 5].float(), self.top.k)
         ok = vals >= kth[:, None]
         if not bool(ok.all()):  # keep only what can enter (-inf rows of the sparse max never do)
             hh, jj = ok.nonzero(as_tuple=True)
@@ -98,14 +91,58 @@ class HeadAccumulator:
 
         # (query token -> key token) attention mass over weights >= pair_min, BOS key excluded
         V = self.d_vocab
-        b = torch.cat([torch.full_like(p[1], p[0]) for p in pair_parts])
-        h, q, k, w = (torch.cat([p[i] for p in pair_parts]) for i in range(1, 5))
+        b, h, q, k, w = pairs
         tf = ctx.tokens.reshape(-1)  # 1-d index_select: much faster than 2-d advanced indexing
         ids = (h * V + tf.index_select(0, b * T + q)) * V + tf.index_select(0, b * T + k)
         mass = (w * Q).round_().double()
         self._pending.append((ids, mass, torch.ones_like(ids)))  # reduced in _compact
         if sum(len(p[0]) for p in self._pending) > 4_000_000:
             self._compact()
+
+    def _stats_torch(self, pattern: Tensor, ctx: BatchContext, sparse_max: bool):
+        """(stats [H, M, 7] float32 in corpus order, pairs (b, h, q, k, w)) one sequence at a time."""
+        B, H, T, _ = pattern.shape
+        ar = torch.arange(T, device=pattern.device, dtype=torch.float32)
+        stats, pair_parts = [], []
+        for b, L in enumerate(ctx.lengths.tolist()):
+            if L < 2:
+                continue
+            st = torch.empty(H, L - 1, 7, device=pattern.device)  # row = query - 1
+            # causal: rows [r0, r1) only see keys [0, r1]; two row blocks skip a quarter of the zeros
+            cuts = [0, (L - 1) // 2, L - 1] if L >= 64 else [0, L - 1]
+            for r0, r1 in zip(cuts[:-1], cuts[1:]):
+                P = pattern[b, :, 1 + r0:1 + r1, :r1 + 1].float()  # [H, rows, keys]
+                self._block_stats(P, r0, ar, st[:, r0:r1], sparse_max, pair_parts, b)
+            stats.append(st)
+        pairs = (torch.cat([torch.full_like(p[1], p[0]) for p in pair_parts]),
+                 *(torch.cat([p[i] for p in pair_parts]) for i in range(1, 5)))
+        return torch.cat(stats, 1), pairs
+
+    def _stats_fused(self, pattern: Tensor, ctx: BatchContext):
+        """_stats_torch with the compiled kernels: every pattern row read once for the statistics and
+        once for the pair weights. Statistics in float64 (see kernels.py)."""
+        from . import kernels as K
+
+        K.threads(torch.get_num_threads())
+        B, H, T, _ = pattern.shape
+        P = pattern.float().contiguous().numpy()
+        L = ctx.lengths.to(torch.int64)
+        per = (L - 1).clamp_min(0)
+        offsets = per.cumsum(0) - per
+        M = len(ctx.rows)
+        stats = np.empty((H, M, 7))
+        n_pairs = np.empty((H, M), dtype=np.int64)
+        K.head_stats(P, L.numpy(), offsets.numpy(), self.pair_min, stats, n_pairs)
+        # pairs per (sequence, head) task, then each task's first output slot
+        cs = np.zeros((H, M + 1), dtype=np.int64)
+        np.cumsum(n_pairs, axis=1, out=cs[:, 1:])
+        o, e = offsets.numpy(), (offsets + per).numpy()
+        per_task = (cs[:, e] - cs[:, o]).T.reshape(-1)  # [B * H], task b * H + h
+        starts = np.concatenate([[0], np.cumsum(per_task)[:-1]]).astype(np.int64)
+        total = int(per_task.sum())
+        out = [np.empty(total, dtype=np.int64) for _ in range(4)] + [np.empty(total, dtype=np.float32)]
+        K.head_pairs(P, L.numpy(), starts, self.pair_min, *out)
+        return torch.from_numpy(stats), tuple(torch.from_numpy(a) for a in out)
 
     def _block_stats(self, P: Tensor, r0: int, ar: Tensor, st: Tensor, sparse_max: bool, pair_parts: list, b: int) -> None:
         """Statistics of query rows r0.. of one sequence: P [H, rows, keys] (query q = r0 + row + 1 sees

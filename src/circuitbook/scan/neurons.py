@@ -20,9 +20,11 @@ State (n = d_mlp):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import CircuitbookError
 from .context import BatchContext
 from .histogram import HALF, PowerHistogram, level
 from .reservoir import BAND_SHIFT, N_BANDS, BandReservoir, priority
@@ -31,7 +33,22 @@ from .topk import TopK, topk_rows
 Q = 4096.0
 
 
+def use_kernels(choice: str, t: Tensor) -> bool:
+    """Whether to run the fused CPU kernels (kernels.py) on tensor t: ``choice`` is "auto" (yes on a CPU
+    when numba imports), "numba" or "torch"."""
+    if choice == "torch" or t.device.type != "cpu":
+        return False
+    try:
+        from . import kernels  # noqa: F401
+    except ImportError:
+        if choice == "numba":
+            raise
+        return False
+    return True
+
+
 class NeuronAccumulator:
+    kernels = "auto"  # "auto" | "numba" | "torch": see use_kernels (results are identical)
     prefix_min = 256  # rows (in priority order) tested exactly against every band's threshold
     heavy_min = 0  # a unit with more candidates than max(this, 4k, M/8) is handled densely
 
@@ -67,6 +84,8 @@ class NeuronAccumulator:
         M = len(ctx.rows)
         if M == 0:
             return
+        if use_kernels(self.kernels, acts):
+            return self._update_fused(acts, ctx)
         self.count += M
         flat = acts.reshape(B * T, n)
         dev = flat.device
@@ -148,6 +167,53 @@ class NeuronAccumulator:
             bm, bu, bg = torch.cat([bm, dm]), torch.cat([bu, du]), torch.cat([bg, dg])
         self.bands.offer(bg, pri[bm], keys[bm], x[bm, bu],
                          lambda j: self._fetch(flat, ctx, bu[j], o[bm[j]])[:2])
+
+    def _update_fused(self, acts: Tensor, ctx: BatchContext) -> None:
+        """update() with the fused CPU kernels: same state, bit for bit (see kernels.py)."""
+        from . import kernels as K
+
+        B, T, n = acts.shape
+        M = len(ctx.rows)
+        K.threads(torch.get_num_threads())
+        flat = acts.reshape(B * T, n).float().contiguous()
+        x, rows = flat.numpy(), ctx.rows.numpy()
+        bmax = np.full(n, -np.inf, dtype=np.float32)
+        bmin = np.full(n, np.inf, dtype=np.float32)
+        if K.neuron_extremes(x, rows, bmax, bmin):
+            raise CircuitbookError("the model produced NaN MLP activations: the scan cannot rank them "
+                                   "(check the weights and the dtype)")
+        self.count += M
+        self.vmax = torch.maximum(self.vmax, torch.from_numpy(bmax))
+        self.vmin = torch.minimum(self.vmin, torch.from_numpy(bmin))
+        self.bands.raise_level(self.hist.raise_level(level(torch.maximum(self.vmax.abs(), self.vmin.abs()))))
+
+        tok = ctx.tokens.reshape(-1).index_select(0, ctx.rows)
+        uniq, counts = torch.unique(tok, return_counts=True)
+        rows_u = self._rows_for(uniq)  # (may grow the table: before touching tok_count)
+        self.tok_count.index_add_(0, rows_u, counts)
+        tok_row = self._row_of.index_select(0, tok)
+        scale = torch.ldexp(torch.ones(n), (HALF.bit_length() - 1 - self.hist.exp).to(torch.int32))
+        top, bands = self.top, self.bands
+        top_src = np.full(top.vals.shape, -1, dtype=np.int64)
+        band_src = np.full(bands.pri.shape, -1, dtype=np.int64)
+        K.neuron_update(x, rows, tok_row.numpy(), ctx.keys.numpy(), priority(ctx.keys).numpy(), scale.numpy(), Q,
+                        self.hist.counts.numpy(), self.s1.numpy(), self.s2.numpy(), self.tok_rows.numpy(),
+                        top.vals.numpy(), top.keys.numpy(), top_src,
+                        bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), band_src, BAND_SHIFT)
+        # context windows of the entries that came in with this batch (and stayed)
+        src = torch.from_numpy(top_src).view(-1)
+        slot = (src >= 0).nonzero()[:, 0]
+        if len(slot):
+            tok_w, val_w, extra = self._fetch(flat, ctx, slot // top.k, src[slot])
+            top.ctx_tok.view(-1, top.width)[slot] = tok_w
+            top.ctx_val.view(-1, top.width)[slot] = val_w
+            top.extra.view(-1)[slot] = extra
+        src = torch.from_numpy(band_src).view(-1)
+        slot = (src >= 0).nonzero()[:, 0]
+        if len(slot):
+            tok_w, val_w, _ = self._fetch(flat, ctx, slot // (N_BANDS * bands.r), src[slot])
+            bands.ctx_tok.view(-1, bands.width)[slot] = tok_w
+            bands.ctx_val.view(-1, bands.width)[slot] = val_w
 
     def heavy_limit(self, M: int) -> int:
         """A unit with more candidates than this in a batch of M positions is handled densely."""

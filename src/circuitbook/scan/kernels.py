@@ -1,0 +1,228 @@
+"""Fused CPU kernels for the scan's per-batch bookkeeping (numba), one pass over each activation.
+
+The torch code in neurons.py / heads.py is the reference and the path for other devices: on a CPU it
+takes a dozen passes over a batch's [positions, units] values (gather, histogram bins, bincount, exact
+sums, candidate masks, sorts), each a separate kernel launch. Here one compiled loop visits every value
+once and does all of it, so the scan's bookkeeping costs a fraction of the forward.
+
+Neurons (``neuron_extremes`` then ``neuron_update``): parallel over blocks of units, each thread owns its
+units' state (no atomics, no races) and walks the batch's counted rows in corpus order. Results are
+exactly those of the torch path: histogram counts and the sums on the 2**-12 grid are integers, and the
+top-k / band reservoirs keep the best entries under the same total orders (value desc then key asc;
+(priority, key) asc). Entries that enter during the batch are marked with their row in ``*_src`` so the
+caller cuts their context windows afterwards (an entry may be evicted again within the batch: only the
+survivors' windows are ever cut).
+
+Heads (``head_stats``, ``head_pairs``): parallel over (sequence, head); each query row is read once for
+the five statistics, the strongest attention and the count of pair weights, then once more to list the
+pair weights. Statistics are summed in float64 in key order, so they are deterministic (the torch path
+uses a float32 matmul: the two agree to float32 precision, not bit for bit).
+
+Compiled on first use and cached on disk (numba ``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+BLOCK = 256  # units per task: a block's histogram rows and sums stay in cache while the rows stream by
+
+
+def threads(n: int) -> None:
+    """Use n threads for the kernels (the scan follows torch.get_num_threads())."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def neuron_extremes(x, rows, vmax, vmin):  # pragma: no cover - compiled
+    """Per unit, max and min of x[rows] into vmax/vmin [n] (float32); returns how many values are NaN.
+    x: [R, n] float32 activations, rows: [M] int64 counted rows."""
+    n = x.shape[1]
+    nblk = (n + BLOCK - 1) // BLOCK
+    nans = np.zeros(nblk, np.int64)
+    for bi in prange(nblk):
+        u0 = bi * BLOCK
+        u1 = min(n, u0 + BLOCK)
+        mx = vmax[u0:u1].copy()
+        mn = vmin[u0:u1].copy()
+        bad = np.zeros(u1 - u0, np.int64)
+        for m in range(rows.shape[0]):
+            xr = x[rows[m], u0:u1]
+            for i in range(u1 - u0):
+                mx[i] = max(mx[i], xr[i])
+                mn[i] = min(mn[i], xr[i])
+                bad[i] += np.isnan(xr[i])
+        vmax[u0:u1] = mx
+        vmin[u0:u1] = mn
+        nans[bi] = bad.sum()
+    return nans.sum()
+
+
+@njit(inline="always")
+def _worst_top(vals, keys, u):  # pragma: no cover - compiled
+    """Slot of unit u holding the worst (value asc, then key desc) entry."""
+    w = 0
+    for j in range(1, vals.shape[1]):
+        if vals[u, j] < vals[u, w] or (vals[u, j] == vals[u, w] and keys[u, j] > keys[u, w]):
+            w = j
+    return w
+
+
+@njit(inline="always")
+def _worst_band(pri, keys, u, b):  # pragma: no cover - compiled
+    """Slot of band (u, b) holding the worst (largest (priority, key)) entry."""
+    w = 0
+    for j in range(1, pri.shape[2]):
+        if pri[u, b, j] > pri[u, b, w] or (pri[u, b, j] == pri[u, b, w] and keys[u, b, j] > keys[u, b, w]):
+            w = j
+    return w
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
+                  top_vals, top_keys, top_src, band_pri, band_keys, band_vals, band_src,
+                  band_shift):  # pragma: no cover - compiled
+    """One batch into one layer's neuron state, every value visited once.
+
+    x [R, n] float32 activations; rows [M] int64 counted rows of x in corpus order; tok_row [M] int64
+    row of tok_sums for each; keys / pri [M] int64 example keys and band priorities; scale [n] float32
+    2**(bits - level) (so ceil(x * scale), exact in float32, is the signed histogram bin); q: the sums'
+    grid (4096.0). State, updated in place: hist [n, 2*HALF] int64; s1, s2 [n] float64; tok_sums [v, n]
+    float64; top_vals [n, k] float32, top_keys [n, k] int64; band_pri / band_keys [n, n_bands, r] int64,
+    band_vals [n, n_bands, r] float32. top_src [n, k] / band_src [n, n_bands, r] int64 (-1 on entry)
+    receive the index into ``rows`` of each entry that came in with this batch.
+
+    fastmath only licenses reordering and fusing the float64 sums, whose terms are integers (exact in any
+    order); NaNs are refused before (neuron_extremes) and -inf marks empty top-k slots, so no nnan/ninf."""
+    n = x.shape[1]
+    nbin = hist.shape[1]
+    half = nbin // 2
+    nblk = (n + BLOCK - 1) // BLOCK
+    nb = band_pri.shape[1]
+    for bi in prange(nblk):
+        u0 = bi * BLOCK
+        u1 = min(n, u0 + BLOCK)
+        w = u1 - u0
+        h = np.zeros(w * nbin, np.int32)  # this batch's counts, flushed into hist at the end
+        off = np.arange(w) * nbin + (half - 1)
+        a1 = np.zeros(w)
+        a2 = np.zeros(w)
+        sc = scale[u0:u1].copy()
+        # the worst entry of each unit's top-k and of each band (a value must beat it to enter), and
+        # cheap filters: v >= kth[i] and p <= bthr[i, band] are necessary for entering
+        wt = np.empty(w, np.int64)
+        kth = np.empty(w, np.float32)
+        wb = np.empty((w, nb), np.int64)
+        bthr = np.empty((w, nb), np.int64)
+        for i in range(w):
+            u = u0 + i
+            wt[i] = _worst_top(top_vals, top_keys, u)
+            kth[i] = top_vals[u, wt[i]]
+            for b in range(nb):
+                wb[i, b] = _worst_band(band_pri, band_keys, u, b)
+                bthr[i, b] = band_pri[u, b, wb[i, b]]
+        cols = np.empty(w, np.int64)
+        for m in range(rows.shape[0]):
+            xr = x[rows[m], u0:u1]
+            tr = tok_sums[tok_row[m], u0:u1]
+            for i in range(w):  # vectorised: exact sums of the values on the grid
+                xq = np.rint(np.float64(xr[i]) * q)
+                a1[i] += xq
+                a2[i] += xq * xq
+                tr[i] += xq
+            for i in range(w):
+                cols[i] = np.int64(np.ceil(xr[i] * sc[i])) + off[i]
+            p = pri[m]
+            key = keys[m]
+            for i in range(w):  # histogram, and the rare values that may enter a band or the top-k
+                c = cols[i]
+                h[c] += 1
+                b = (c - i * nbin) >> band_shift
+                v = xr[i]
+                if p <= bthr[i, b]:
+                    u = u0 + i
+                    j = wb[i, b]
+                    if p < band_pri[u, b, j] or key < band_keys[u, b, j]:
+                        band_pri[u, b, j] = p
+                        band_keys[u, b, j] = key
+                        band_vals[u, b, j] = v
+                        band_src[u, b, j] = m
+                        wb[i, b] = _worst_band(band_pri, band_keys, u, b)
+                        bthr[i, b] = band_pri[u, b, wb[i, b]]
+                if v >= kth[i]:
+                    u = u0 + i
+                    j = wt[i]
+                    if v > kth[i] or key < top_keys[u, j]:
+                        top_vals[u, j] = v
+                        top_keys[u, j] = key
+                        top_src[u, j] = m
+                        wt[i] = _worst_top(top_vals, top_keys, u)
+                        kth[i] = top_vals[u, wt[i]]
+        for i in range(w):
+            s1[u0 + i] += a1[i]
+            s2[u0 + i] += a2[i]
+            for c in range(nbin):
+                hist[u0 + i, c] += h[i * nbin + c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def head_stats(P, lengths, offsets, pair_min, stats, n_pairs):  # pragma: no cover - compiled
+    """Per counted query of every sequence and head, from its pattern row p[0..q]:
+    stats[h, i] = (p[0], p[q], p[q-1], sum_k p[k](q-k), -sum_k p[k] ln p[k], max_{k>=1} p[k], first argmax)
+    with i = offsets[b] + q - 1 (queries 1..L-1 of sequence b, corpus order); n_pairs[h, i] = how many
+    p[k] >= pair_min with k >= 1. P: [B, H, T, T] float32; stats [H, M, 7] float64; n_pairs [H, M] int64."""
+    B, H = P.shape[0], P.shape[1]
+    for task in prange(B * H):
+        b = task // H
+        h = task % H
+        for qi in range(1, lengths[b]):
+            d = 0.0
+            e = 0.0
+            mx = -1.0
+            am = 0
+            c = 0
+            for k in range(qi + 1):
+                w = np.float64(P[b, h, qi, k])
+                d += w * (qi - k)
+                if w > 0.0:
+                    e -= w * math.log(w)
+                if k >= 1:
+                    if w > mx:
+                        mx = w
+                        am = k
+                    if w >= pair_min:
+                        c += 1
+            i = offsets[b] + qi - 1
+            stats[h, i, 0] = P[b, h, qi, 0]
+            stats[h, i, 1] = P[b, h, qi, qi]
+            stats[h, i, 2] = P[b, h, qi, qi - 1]
+            stats[h, i, 3] = d
+            stats[h, i, 4] = e
+            stats[h, i, 5] = mx
+            stats[h, i, 6] = am
+            n_pairs[h, i] = c
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):  # pragma: no cover - compiled
+    """List every weight p[k] >= pair_min (k >= 1) of the counted queries: task (b, h) writes its pairs
+    from starts[b * H + h] on, in (query, key) order. Outputs [total] int64 (b, h, q, k) and float32 w."""
+    B, H = P.shape[0], P.shape[1]
+    for task in prange(B * H):
+        b = task // H
+        h = task % H
+        o = starts[task]
+        for qi in range(1, lengths[b]):
+            for k in range(1, qi + 1):
+                w = P[b, h, qi, k]
+                if w >= pair_min:
+                    out_b[o] = b
+                    out_h[o] = h
+                    out_q[o] = qi
+                    out_k[o] = k
+                    out_w[o] = w
+                    o += 1
