@@ -59,6 +59,7 @@ def tensors(group):
 def part_loop(name: str, max_tokens: int, batch_size: int) -> dict:
     """Per batch: bare forward (taps) timed apart from the scan's bookkeeping; then TL + naive top-k."""
     from circuitbook.corpus import read_stories
+    from circuitbook.scan import kernels
     from circuitbook.scan.context import BatchContext
     from circuitbook.scan.run import ScanSettings, ScanState, shard_batches
 
@@ -69,7 +70,8 @@ def part_loop(name: str, max_tokens: int, batch_size: int) -> dict:
     taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
     state = ScanState.fresh(cfg, s, "cpu")
     fwd, upd, ntok = [], [], []
-    model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels
+    model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels (torch's, and the scan's compiled ones)
+    kernels.warm()
     for g in batches:
         tok, mask = tensors(g)
         t0 = time.perf_counter()

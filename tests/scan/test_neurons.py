@@ -174,8 +174,14 @@ def test_batching_and_merge_do_not_change_anything(kernels, monkeypatch):
     state_equal(NeuronAccumulator.from_state(ref.state()), ref)
 
 
-def test_fused_kernels_equal_the_torch_path_bit_for_bit(monkeypatch):
-    """Many units, wide value ranges, exact ties and mid-stream level changes: both paths, same state."""
+@pytest.mark.parametrize("cold", [None, -1, 2**63 - 1])
+def test_fused_kernels_equal_the_torch_path_bit_for_bit(monkeypatch, cold):
+    """Many units, wide value ranges, exact ties and mid-stream level changes: both paths, same state.
+    cold -1 / 2**63-1: every row takes the band test through the cold-band bits / the threshold table."""
+    from circuitbook.scan import kernels
+
+    if cold is not None:
+        monkeypatch.setattr(kernels, "COLD", cold)
     g = torch.Generator().manual_seed(7)
     seqs = []
     for s in range(40):

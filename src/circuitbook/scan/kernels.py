@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 BLOCK = 256  # units per task: a block's histogram rows and sums stay in cache while the rows stream by
+COLD = 1 << 57  # rows with a band priority above this (63 in 64) take the band test without a gather
 
 
 def threads(n: int) -> None:
@@ -85,7 +86,7 @@ def _worst_band(pri, keys, u, b):  # pragma: no cover - compiled
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                   top_vals, top_keys, top_src, band_pri, band_keys, band_vals, band_src,
-                  band_shift):  # pragma: no cover - compiled
+                  band_shift, cold_pri):  # pragma: no cover - compiled
     """One batch into one layer's neuron state, every value visited once.
 
     x [R, n] float32 activations; rows [M] int64 counted rows of x in corpus order; tok_row [M] int64
@@ -108,16 +109,18 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
         u1 = min(n, u0 + BLOCK)
         w = u1 - u0
         h = np.zeros(w * nbin, np.int32)  # this batch's counts, flushed into hist at the end
-        off = np.arange(w) * nbin + (half - 1)
         a1 = np.zeros(w)
         a2 = np.zeros(w)
         sc = scale[u0:u1].copy()
-        # the worst entry of each unit's top-k and of each band (a value must beat it to enter), and
-        # cheap filters: v >= kth[i] and p <= bthr[i, band] are necessary for entering
+        # the worst entry of each unit's top-k and of each band: a value must beat it to enter, so
+        # v >= kth[i] and p <= bthr[i, band] are necessary. Most rows have p > cold_pri (COLD): for
+        # them only bands whose threshold is above it can take anything (bit b of cold[i]: few values reach
+        # those bands), a test with no gather
         wt = np.empty(w, np.int64)
         kth = np.empty(w, np.float32)
         wb = np.empty((w, nb), np.int64)
         bthr = np.empty((w, nb), np.int64)
+        cold = np.zeros(w, np.int32)
         for i in range(w):
             u = u0 + i
             wt[i] = _worst_top(top_vals, top_keys, u)
@@ -125,7 +128,10 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
             for b in range(nb):
                 wb[i, b] = _worst_band(band_pri, band_keys, u, b)
                 bthr[i, b] = band_pri[u, b, wb[i, b]]
-        cols = np.empty(w, np.int64)
+                if bthr[i, b] >= cold_pri:
+                    cold[i] |= np.int32(1) << b
+        col = np.empty(w, np.int32)
+        flag = np.empty(w, np.bool_)
         for m in range(rows.shape[0]):
             xr = x[rows[m], u0:u1]
             tr = tok_sums[tok_row[m], u0:u1]
@@ -134,17 +140,32 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                 a1[i] += xq
                 a2[i] += xq * xq
                 tr[i] += xq
+            for i in range(w):  # histogram column 0 .. 2*HALF-1
+                col[i] = np.int32(np.ceil(xr[i] * sc[i])) + (half - 1)
             for i in range(w):
-                cols[i] = np.int64(np.ceil(xr[i] * sc[i])) + off[i]
+                h[i * nbin + col[i]] += 1
             p = pri[m]
             key = keys[m]
-            for i in range(w):  # histogram, and the rare values that may enter a band or the top-k
-                c = cols[i]
-                h[c] += 1
-                b = (c - i * nbin) >> band_shift
+            anyf = False
+            if p > cold_pri:
+                for i in range(w):
+                    f = ((cold[i] >> (col[i] >> band_shift)) & 1 == 1) | (xr[i] >= kth[i])
+                    flag[i] = f
+                    anyf |= f
+            else:
+                for i in range(w):
+                    f = (p <= bthr[i, col[i] >> band_shift]) | (xr[i] >= kth[i])
+                    flag[i] = f
+                    anyf |= f
+            if not anyf:
+                continue
+            for i in range(w):  # the rare values that may enter a band or the top-k: exact tests
+                if not flag[i]:
+                    continue
+                u = u0 + i
                 v = xr[i]
+                b = col[i] >> band_shift
                 if p <= bthr[i, b]:
-                    u = u0 + i
                     j = wb[i, b]
                     if p < band_pri[u, b, j] or key < band_keys[u, b, j]:
                         band_pri[u, b, j] = p
@@ -153,8 +174,9 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                         band_src[u, b, j] = m
                         wb[i, b] = _worst_band(band_pri, band_keys, u, b)
                         bthr[i, b] = band_pri[u, b, wb[i, b]]
+                        if bthr[i, b] < cold_pri:
+                            cold[i] &= ~(np.int32(1) << b)
                 if v >= kth[i]:
-                    u = u0 + i
                     j = wt[i]
                     if v > kth[i] or key < top_keys[u, j]:
                         top_vals[u, j] = v
@@ -226,3 +248,48 @@ def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):
                     out_k[o] = k
                     out_w[o] = w
                     o += 1
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def windows(x, xt, tokens, lengths, T, before, unit, focus, out_tok, out_val):  # pragma: no cover - compiled
+    """Context windows of examples: unit [s] and focus [s] (flat position b * T + t) -> out_tok [s, W]
+    int32 token ids (-1 outside the sequence) and out_val [s, W] float32 the unit's values (NaN outside).
+    Values come from x [B * T, n] or, when xt has rows, from its transpose xt [n, B * T] (contiguous
+    windows: worth the copy when there are many examples). tokens: [B * T] int64; lengths: [B] int64."""
+    W = out_tok.shape[1]
+    use_t = xt.shape[0] > 0
+    for i in prange(unit.shape[0]):
+        b = focus[i] // T
+        t = focus[i] - b * T
+        u = unit[i]
+        for j in range(W):
+            pos = t - before + j
+            if 0 <= pos < lengths[b]:
+                r = b * T + pos
+                out_tok[i, j] = tokens[r]
+                out_val[i, j] = xt[u, r] if use_t else x[r, u]
+            else:
+                out_tok[i, j] = -1
+                out_val[i, j] = np.nan
+
+
+def warm() -> None:
+    """Load (or compile) every kernel and start numba's thread pool on a tiny input, so the first real
+    batch is not charged for it (about half a second from the on-disk cache, longer on first compile)."""
+    x = np.zeros((2, 3), np.float32)
+    rows = np.arange(2, dtype=np.int64)
+    vmax, vmin = np.full(3, -np.inf, np.float32), np.full(3, np.inf, np.float32)
+    neuron_extremes(x, rows, vmax, vmin)
+    z = np.zeros(2, np.int64)
+    neuron_update(x, rows, z, z, z, np.ones(3, np.float32), 4096.0, np.zeros((3, 128), np.int64), np.zeros(3), np.zeros(3),
+                  np.zeros((1, 3)), np.full((3, 2), -np.inf, np.float32), np.full((3, 2), 2**62, np.int64),
+                  np.full((3, 2), -1, np.int64), np.full((3, 16, 2), 2**62, np.int64), np.full((3, 16, 2), 2**62, np.int64),
+                  np.zeros((3, 16, 2), np.float32), np.full((3, 16, 2), -1, np.int64), 3, COLD)
+    P = np.full((1, 1, 2, 2), 0.5, np.float32)
+    L, off = np.array([2], np.int64), np.zeros(1, np.int64)
+    stats, n_pairs = np.empty((1, 1, 7)), np.empty((1, 1), np.int64)
+    head_stats(P, L, off, 0.1, stats, n_pairs)
+    out = [np.empty(1, np.int64) for _ in range(4)] + [np.empty(1, np.float32)]
+    head_pairs(P, L, np.zeros(1, np.int64), 0.1, *out)
+    o_tok, o_val = np.empty((1, 3), np.int32), np.empty((1, 3), np.float32)
+    windows(x, np.zeros((0, 2), np.float32), np.zeros(2, np.int64), L, 2, 1, z[:1], z[:1], o_tok, o_val)

@@ -199,21 +199,26 @@ class NeuronAccumulator:
         K.neuron_update(x, rows, tok_row.numpy(), ctx.keys.numpy(), priority(ctx.keys).numpy(), scale.numpy(), Q,
                         self.hist.counts.numpy(), self.s1.numpy(), self.s2.numpy(), self.tok_rows.numpy(),
                         top.vals.numpy(), top.keys.numpy(), top_src,
-                        bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), band_src, BAND_SHIFT)
+                        bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), band_src, BAND_SHIFT, K.COLD)
         # context windows of the entries that came in with this batch (and stayed)
-        src = torch.from_numpy(top_src).view(-1)
-        slot = (src >= 0).nonzero()[:, 0]
-        if len(slot):
-            tok_w, val_w, extra = self._fetch(flat, ctx, slot // top.k, src[slot])
-            top.ctx_tok.view(-1, top.width)[slot] = tok_w
-            top.ctx_val.view(-1, top.width)[slot] = val_w
-            top.extra.view(-1)[slot] = extra
-        src = torch.from_numpy(band_src).view(-1)
-        slot = (src >= 0).nonzero()[:, 0]
-        if len(slot):
-            tok_w, val_w, _ = self._fetch(flat, ctx, slot // (N_BANDS * bands.r), src[slot])
-            bands.ctx_tok.view(-1, bands.width)[slot] = tok_w
-            bands.ctx_val.view(-1, bands.width)[slot] = val_w
+        top_slot = (top_src.reshape(-1) >= 0).nonzero()[0]
+        band_slot = (band_src.reshape(-1) >= 0).nonzero()[0]
+        unit = np.concatenate([top_slot // top.k, band_slot // (N_BANDS * bands.r)])
+        focus = rows[np.concatenate([top_src.reshape(-1)[top_slot], band_src.reshape(-1)[band_slot]])]
+        W = top.width
+        # many windows (the first batches): read them from a transposed copy, where each is contiguous
+        xt = flat.t().contiguous().numpy() if len(unit) * W * 4 > x.size else np.zeros((0, n), np.float32)
+        tok_w, val_w = np.empty((len(unit), W), np.int32), np.empty((len(unit), W), np.float32)
+        K.windows(x, xt, ctx.tokens.reshape(-1).numpy(), ctx.lengths.to(torch.int64).numpy(), T, ctx.before,
+                  unit, focus, tok_w, val_w)
+        tok_w, val_w, nt = torch.from_numpy(tok_w), torch.from_numpy(val_w), len(top_slot)
+        slot = torch.from_numpy(top_slot)
+        top.ctx_tok.view(-1, W)[slot] = tok_w[:nt]
+        top.ctx_val.view(-1, W)[slot] = val_w[:nt]
+        top.extra.view(-1)[slot] = 0
+        slot = torch.from_numpy(band_slot)
+        bands.ctx_tok.view(-1, W)[slot] = tok_w[nt:]
+        bands.ctx_val.view(-1, W)[slot] = val_w[nt:]
 
     def heavy_limit(self, M: int) -> int:
         """A unit with more candidates than this in a batch of M positions is handled densely."""

@@ -35,7 +35,7 @@ from ..corpus import CorpusError, corpus_hash, pad, read_stories
 from ..errors import CircuitbookError
 from .context import BatchContext
 from .heads import STATS, HeadAccumulator
-from .neurons import NeuronAccumulator
+from .neurons import NeuronAccumulator, use_kernels
 from .topk import EMPTY_KEY, split_key
 
 SCAN_VERSION = 1
@@ -271,6 +271,10 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         bar = tqdm(total=total, unit="story", desc="scan" + (f" {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""),
                    dynamic_ncols=True)
 
+    if use_kernels(NeuronAccumulator.kernels, model.weights.W_E):
+        from . import kernels
+
+        kernels.warm()  # load the compiled kernels now (~1-2 s; a first run compiles them: ~20 s)
     t0 = time.time()
     new_tokens, since = 0, 0
     ckpt_end, ckpt_cost = t0, 0.0
