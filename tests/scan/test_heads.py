@@ -14,10 +14,13 @@ from circuitbook.scan.run import ScanSettings, _batches, _sequences
 B4, A2 = 4, 2
 
 
-@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("kernels", ["numba", "numba-2pass", "torch"])
 @pytest.mark.parametrize("max_len", [24, 90])  # 90: sequences long enough to be cut into row blocks
 def test_head_stats_examples_and_pairs(tiny, stories, max_len, kernels, monkeypatch):
-    monkeypatch.setattr(HeadAccumulator, "kernels", kernels)
+    # numba-2pass: rows with more than one pair weight are listed by the second kernel
+    monkeypatch.setattr(HeadAccumulator, "kernels", kernels.split("-")[0])
+    if kernels == "numba-2pass":
+        monkeypatch.setattr(HeadAccumulator, "pair_cap", 1)
     s = ScanSettings(max_len=max_len, batch_size=3)
     seqs = list(_sequences(stories[:6], tiny.tokenizer, s))
     layer = 1  # local attention (window 8)
@@ -82,3 +85,27 @@ def test_head_stats_examples_and_pairs(tiny, stories, max_len, kernels, monkeypa
             assert abs(v - p[0, q, k]) < 1e-6
         else:
             assert math.isnan(v)
+
+
+def test_the_second_pair_pass_runs_when_rows_overflow(tiny, stories, monkeypatch):
+    """pair_cap 1 forces rows with two or more pair weights through kernels.head_pairs (the path a small
+    pair_min takes); the brute-force test above checks its output."""
+    from circuitbook.scan import kernels
+
+    calls = []
+    real = kernels.head_pairs
+    monkeypatch.setattr(kernels, "head_pairs", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(HeadAccumulator, "kernels", "numba")
+    monkeypatch.setattr(HeadAccumulator, "pair_cap", 1)
+    s = ScanSettings(max_len=24, batch_size=3)
+    grp = list(_sequences(stories[:3], tiny.tokenizer, s))[:3]
+    T = max(len(x[2]) for x in grp)
+    tok = torch.zeros(len(grp), T, dtype=torch.long)
+    mask = torch.zeros(len(grp), T, dtype=torch.bool)
+    for j, (_, _, ids) in enumerate(grp):
+        tok[j, :len(ids)] = torch.tensor(ids)
+        mask[j, :len(ids)] = True
+    ctx = BatchContext.build(tok, mask, torch.tensor([g[0] for g in grp]), torch.tensor([g[1] for g in grp]), 24, B4, A2)
+    acc = HeadAccumulator(tiny.cfg.n_heads, 5, B4 + 1 + A2, tiny.cfg.d_vocab, pair_min=0.2)
+    acc.update(tiny.run(tok, ["blocks.1.attn.hook_pattern"])["blocks.1.attn.hook_pattern"], ctx)
+    assert calls

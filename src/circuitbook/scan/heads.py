@@ -39,6 +39,7 @@ STATS = ("bos", "self", "prev", "dist", "entropy")
 
 class HeadAccumulator:
     kernels = "auto"  # "auto" | "numba" | "torch" (neurons.use_kernels); statistics agree to float32 precision
+    pair_cap = 16  # fused path: pair weights listed per query row in the first pass (a row has <= 1/pair_min)
 
     def __init__(self, n_heads: int, k: int, width: int, d_vocab: int, pair_min: float = 0.1, device="cpu"):
         self.n, self.d_vocab, self.pair_min = n_heads, d_vocab, pair_min
@@ -123,6 +124,10 @@ class HeadAccumulator:
         once for the pair weights. Statistics in float64 (see kernels.py)."""
         from . import kernels as K
 
+        with K.LOCK:
+            return self._stats_fused_locked(pattern, ctx, K)
+
+    def _stats_fused_locked(self, pattern: Tensor, ctx: BatchContext, K):
         K.threads(torch.get_num_threads())
         B, H, T, _ = pattern.shape
         P = pattern.float().contiguous().numpy()
@@ -132,17 +137,28 @@ class HeadAccumulator:
         M = len(ctx.rows)
         stats = np.empty((H, M, 7))
         n_pairs = np.empty((H, M), dtype=np.int64)
-        K.head_stats(P, L.numpy(), offsets.numpy(), self.pair_min, stats, n_pairs)
-        # pairs per (sequence, head) task, then each task's first output slot
-        cs = np.zeros((H, M + 1), dtype=np.int64)
-        np.cumsum(n_pairs, axis=1, out=cs[:, 1:])
-        o, e = offsets.numpy(), (offsets + per).numpy()
-        per_task = (cs[:, e] - cs[:, o]).T.reshape(-1)  # [B * H], task b * H + h
-        starts = np.concatenate([[0], np.cumsum(per_task)[:-1]]).astype(np.int64)
-        total = int(per_task.sum())
-        out = [np.empty(total, dtype=np.int64) for _ in range(4)] + [np.empty(total, dtype=np.float32)]
-        K.head_pairs(P, L.numpy(), starts, self.pair_min, *out)
-        return torch.from_numpy(stats), tuple(torch.from_numpy(a) for a in out)
+        cap = min(T, self.pair_cap)
+        pk, pw = np.empty((H, M, cap), dtype=np.int32), np.empty((H, M, cap), dtype=np.float32)
+        K.head_stats(P, L.numpy(), offsets.numpy(), self.pair_min, stats, n_pairs, pk, pw)
+        if n_pairs.max(initial=0) <= cap:
+            n = torch.from_numpy(n_pairs)
+            h, i, j = (torch.arange(cap) < n[..., None]).nonzero(as_tuple=True)
+            k = torch.from_numpy(pk)[h, i, j].long()
+            w = torch.from_numpy(pw)[h, i, j]
+            focus = ctx.rows[i]
+            q = focus % T
+            pairs = (focus // T, h, q, k, w)
+        else:  # a small pair_min: list them in a second pass, per (sequence, head) task
+            cs = np.zeros((H, M + 1), dtype=np.int64)
+            np.cumsum(n_pairs, axis=1, out=cs[:, 1:])
+            o, e = offsets.numpy(), (offsets + per).numpy()
+            per_task = (cs[:, e] - cs[:, o]).T.reshape(-1)  # [B * H], task b * H + h
+            starts = np.concatenate([[0], np.cumsum(per_task)[:-1]]).astype(np.int64)
+            total = int(per_task.sum())
+            out = [np.empty(total, dtype=np.int64) for _ in range(4)] + [np.empty(total, dtype=np.float32)]
+            K.head_pairs(P, L.numpy(), starts, self.pair_min, *out)
+            pairs = tuple(torch.from_numpy(a) for a in out)
+        return torch.from_numpy(stats), pairs
 
     def _block_stats(self, P: Tensor, r0: int, ar: Tensor, st: Tensor, sparse_max: bool, pair_parts: list, b: int) -> None:
         """Statistics of query rows r0.. of one sequence: P [H, rows, keys] (query q = r0 + row + 1 sees

@@ -24,12 +24,14 @@ Compiled on first use and cached on disk (numba ``cache=True``).
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 BLOCK = 256  # units per task: a block's histogram rows and sums stay in cache while the rows stream by
+LOCK = threading.Lock()  # numba's default thread pool must not be entered from two threads at once
 COLD = 1 << 57  # rows with a band priority above this (63 in 64) take the band test without a gather
 
 
@@ -191,37 +193,68 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                 hist[u0 + i, c] += h[i * nbin + c]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def head_stats(P, lengths, offsets, pair_min, stats, n_pairs):  # pragma: no cover - compiled
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"})
+def _ln_bits(bits):  # pragma: no cover - compiled
+    """ln of a positive normal float32 given its bits (int32): exponent plus an atanh series on the
+    mantissa in [sqrt(1/2), sqrt(2)) (truncation < 2e-11). Plain arithmetic, so loops over it vectorise
+    (math.log does not: it is a libm call per element)."""
+    e = np.float64((bits >> 23) - 127)
+    m = 1.0 + np.float64(bits & 0x7FFFFF) * (1.0 / 8388608.0)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    return e * _LN2 + 2.0 * s * (1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11))))))
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def head_stats(P, lengths, offsets, pair_min, stats, n_pairs, pair_k, pair_w):  # pragma: no cover - compiled
     """Per counted query of every sequence and head, from its pattern row p[0..q]:
     stats[h, i] = (p[0], p[q], p[q-1], sum_k p[k](q-k), -sum_k p[k] ln p[k], max_{k>=1} p[k], first argmax)
     with i = offsets[b] + q - 1 (queries 1..L-1 of sequence b, corpus order); n_pairs[h, i] = how many
-    p[k] >= pair_min with k >= 1. P: [B, H, T, T] float32; stats [H, M, 7] float64; n_pairs [H, M] int64."""
+    p[k] >= pair_min with k >= 1, and the first cap of them in pair_k / pair_w [H, M, cap] (key, weight;
+    key order) while the row is in cache: the caller lists rows with more than cap through head_pairs.
+    P: [B, H, T, T] float32; stats [H, M, 7] float64; n_pairs [H, M] int64; pair_k int32, pair_w float32.
+    Subnormal weights (< 1.2e-38) add nothing to the entropy (their true share is below 1e-36)."""
+    cap = pair_k.shape[2]
     B, H = P.shape[0], P.shape[1]
+    bits = P.view(np.int32)
     for task in prange(B * H):
         b = task // H
         h = task % H
         for qi in range(1, lengths[b]):
+            row = P[b, h, qi]
+            rb = bits[b, h, qi]
             d = 0.0
             e = 0.0
-            mx = -1.0
-            am = 0
-            c = 0
-            for k in range(qi + 1):
-                w = np.float64(P[b, h, qi, k])
+            for k in range(qi + 1):  # vectorised: distance and entropy
+                w = np.float64(row[k])
                 d += w * (qi - k)
-                if w > 0.0:
-                    e -= w * math.log(w)
-                if k >= 1:
-                    if w > mx:
-                        mx = w
-                        am = k
-                    if w >= pair_min:
-                        c += 1
+                e -= w * _ln_bits(rb[k]) if rb[k] >= 0x00800000 else 0.0
+            mx = row[1]
+            c = 0
+            for k in range(1, qi + 1):
+                mx = max(mx, row[k])
+                c += row[k] >= pair_min
+            am = 1
+            while am < qi and row[am] != mx:  # (bounded: a NaN row never matches)
+                am += 1
             i = offsets[b] + qi - 1
-            stats[h, i, 0] = P[b, h, qi, 0]
-            stats[h, i, 1] = P[b, h, qi, qi]
-            stats[h, i, 2] = P[b, h, qi, qi - 1]
+            if c:
+                j = 0
+                for k in range(1, qi + 1):
+                    if row[k] >= pair_min and j < cap:
+                        pair_k[h, i, j] = k
+                        pair_w[h, i, j] = row[k]
+                        j += 1
+            stats[h, i, 0] = row[0]
+            stats[h, i, 1] = row[qi]
+            stats[h, i, 2] = row[qi - 1]
             stats[h, i, 3] = d
             stats[h, i, 4] = e
             stats[h, i, 5] = mx
@@ -288,7 +321,7 @@ def warm() -> None:
     P = np.full((1, 1, 2, 2), 0.5, np.float32)
     L, off = np.array([2], np.int64), np.zeros(1, np.int64)
     stats, n_pairs = np.empty((1, 1, 7)), np.empty((1, 1), np.int64)
-    head_stats(P, L, off, 0.1, stats, n_pairs)
+    head_stats(P, L, off, 0.1, stats, n_pairs, np.empty((1, 1, 1), np.int32), np.empty((1, 1, 1), np.float32))
     out = [np.empty(1, np.int64) for _ in range(4)] + [np.empty(1, np.float32)]
     head_pairs(P, L, np.zeros(1, np.int64), 0.1, *out)
     o_tok, o_val = np.empty((1, 3), np.int32), np.empty((1, 3), np.float32)

@@ -172,6 +172,10 @@ class NeuronAccumulator:
         """update() with the fused CPU kernels: same state, bit for bit (see kernels.py)."""
         from . import kernels as K
 
+        with K.LOCK:
+            self._update_fused_locked(acts, ctx, K)
+
+    def _update_fused_locked(self, acts: Tensor, ctx: BatchContext, K) -> None:
         B, T, n = acts.shape
         M = len(ctx.rows)
         K.threads(torch.get_num_threads())
@@ -341,9 +345,11 @@ class NeuronAccumulator:
             self.tok_count = torch.cat([self.tok_count, torch.zeros_like(new)])
             cap = self.__dict__.get("_tok_cap")
             if cap is None or cap.shape[0] < end:
-                cap = self.tok_rows.new_zeros(max(end, 2 * start, 256), self.n)
+                # unused capacity stays untouched (no page is faulted in before its rows are used)
+                cap = self.tok_rows.new_empty(max(end, 2 * start, 256), self.n)
                 cap[:start] = self.tok_rows
                 self._tok_cap = cap
+            cap[start:end] = 0
             self.tok_rows = cap[:end]
             rows = self._row_of[ids]
         return rows
