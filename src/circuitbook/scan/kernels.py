@@ -110,7 +110,9 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
         u0 = bi * BLOCK
         u1 = min(n, u0 + BLOCK)
         w = u1 - u0
-        h = np.zeros(w * nbin, np.int32)  # this batch's counts, flushed into hist at the end
+        # this batch's counts, bin-major: most values sit in a few central bins, so neighbouring
+        # units count into neighbouring cells; flushed into hist at the end
+        h = np.zeros(nbin * w, np.int32)
         a1 = np.zeros(w)
         a2 = np.zeros(w)
         sc = scale[u0:u1].copy()
@@ -145,7 +147,7 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
             for i in range(w):  # histogram column 0 .. 2*HALF-1
                 col[i] = np.int32(np.ceil(xr[i] * sc[i])) + (half - 1)
             for i in range(w):
-                h[i * nbin + col[i]] += 1
+                h[col[i] * w + i] += 1
             p = pri[m]
             key = keys[m]
             anyf = False
@@ -190,7 +192,7 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
             s1[u0 + i] += a1[i]
             s2[u0 + i] += a2[i]
             for c in range(nbin):
-                hist[u0 + i, c] += h[i * nbin + c]
+                hist[u0 + i, c] += h[c * w + i]
 
 
 _LN2 = math.log(2.0)

@@ -210,6 +210,8 @@ class NeuronAccumulator:
         unit = np.concatenate([top_slot // top.k, band_slot // (N_BANDS * bands.r)])
         focus = rows[np.concatenate([top_src.reshape(-1)[top_slot], band_src.reshape(-1)[band_slot]])]
         W = top.width
+        if len(unit) == 0:
+            return
         # many windows (the first batches): read them from a transposed copy, where each is contiguous
         xt = flat.t().contiguous().numpy() if len(unit) * W * 4 > x.size else np.zeros((0, n), np.float32)
         tok_w, val_w = np.empty((len(unit), W), np.int32), np.empty((len(unit), W), np.float32)
