@@ -9,9 +9,8 @@ Neurons (``neuron_extremes`` then ``neuron_update``): parallel over blocks of un
 units' state (no atomics, no races) and walks the batch's counted rows in corpus order. Results are
 exactly those of the torch path: histogram counts and the sums on the 2**-12 grid are integers, and the
 top-k / band reservoirs keep the best entries under the same total orders (value desc then key asc;
-(priority, key) asc). Entries that enter during the batch are marked with their row in ``*_src`` so the
-caller cuts their context windows afterwards (an entry may be evicted again within the batch: only the
-survivors' windows are ever cut).
+(priority, key) asc). An entering example's context window is cut on the spot, while the rows around it
+are in cache (the torch path gathers windows afterwards, one cache line per value).
 
 Heads (``head_stats``, ``head_pairs``): parallel over (sequence, head); each query row is read once for
 the five statistics, the strongest attention and the count of pair weights, then once more to list the
@@ -85,19 +84,36 @@ def _worst_band(pri, keys, u, b):  # pragma: no cover - compiled
     return w
 
 
+@njit(inline="always")
+def _window(x, tokens, lengths, T, before, r, u, out_tok, out_val):  # pragma: no cover - compiled
+    """Window of unit u around flat row r = b * T + t into out_tok [W] / out_val [W]."""
+    b = r // T
+    t = r - b * T
+    for j in range(out_tok.shape[0]):
+        pos = t - before + j
+        if 0 <= pos < lengths[b]:
+            out_tok[j] = tokens[b * T + pos]
+            out_val[j] = x[b * T + pos, u]
+        else:
+            out_tok[j] = -1
+            out_val[j] = np.nan
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
-                  top_vals, top_keys, top_src, band_pri, band_keys, band_vals, band_src,
-                  band_shift, cold_pri):  # pragma: no cover - compiled
+                  top_vals, top_keys, top_tok, top_val, band_pri, band_keys, band_vals, band_tok, band_val,
+                  band_shift, cold_pri, tokens, lengths, T, before):  # pragma: no cover - compiled
     """One batch into one layer's neuron state, every value visited once.
 
-    x [R, n] float32 activations; rows [M] int64 counted rows of x in corpus order; tok_row [M] int64
-    row of tok_sums for each; keys / pri [M] int64 example keys and band priorities; scale [n] float32
-    2**(bits - level) (so ceil(x * scale), exact in float32, is the signed histogram bin); q: the sums'
-    grid (4096.0). State, updated in place: hist [n, 2*HALF] int64; s1, s2 [n] float64; tok_sums [v, n]
-    float64; top_vals [n, k] float32, top_keys [n, k] int64; band_pri / band_keys [n, n_bands, r] int64,
-    band_vals [n, n_bands, r] float32. top_src [n, k] / band_src [n, n_bands, r] int64 (-1 on entry)
-    receive the index into ``rows`` of each entry that came in with this batch.
+    x [R, n] float32 activations (R = B * T); rows [M] int64 counted rows of x in corpus order; tok_row
+    [M] int64 row of tok_sums for each; keys / pri [M] int64 example keys and band priorities; scale [n]
+    float32 2**(bits - level) (so ceil(x * scale), exact in float32, is the signed histogram bin); q: the
+    sums' grid (4096.0). State, updated in place: hist [n, 2*HALF] int64; s1, s2 [n] float64; tok_sums
+    [v, n] float64; top_vals [n, k] float32, top_keys [n, k] int64; band_pri / band_keys [n, n_bands, r]
+    int64, band_vals [n, n_bands, r] float32; and the context windows of entering examples, cut right
+    away while their rows are still in cache: top_tok / top_val [n, k, W], band_tok / band_val
+    [n, n_bands, r, W] (int32 token ids, -1 outside the sequence; float32 values, NaN outside), from
+    tokens [R] int64 and lengths [B] int64; window j of row b * T + t covers position t - before + j.
 
     fastmath only licenses reordering and fusing the float64 sums, whose terms are integers (exact in any
     order); NaNs are refused before (neuron_extremes) and -inf marks empty top-k slots, so no nnan/ninf."""
@@ -125,10 +141,16 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
         wb = np.empty((w, nb), np.int64)
         bthr = np.empty((w, nb), np.int64)
         cold = np.zeros(w, np.int32)
+        # a unit whose top-k is still filling (the first batch) sees most of its entries evicted again
+        # within the batch: its windows are cut once, for the survivors, after the rows (src: row index)
+        filling = np.zeros(w, np.bool_)
+        src_top = np.full((w, top_vals.shape[1]), -1, np.int64)
+        src_band = np.full((w, nb, band_pri.shape[2]), -1, np.int64)
         for i in range(w):
             u = u0 + i
             wt[i] = _worst_top(top_vals, top_keys, u)
             kth[i] = top_vals[u, wt[i]]
+            filling[i] = kth[i] == -np.inf
             for b in range(nb):
                 wb[i, b] = _worst_band(band_pri, band_keys, u, b)
                 bthr[i, b] = band_pri[u, b, wb[i, b]]
@@ -175,7 +197,10 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                         band_pri[u, b, j] = p
                         band_keys[u, b, j] = key
                         band_vals[u, b, j] = v
-                        band_src[u, b, j] = m
+                        if filling[i]:
+                            src_band[i, b, j] = m
+                        else:
+                            _window(x, tokens, lengths, T, before, rows[m], u, band_tok[u, b, j], band_val[u, b, j])
                         wb[i, b] = _worst_band(band_pri, band_keys, u, b)
                         bthr[i, b] = band_pri[u, b, wb[i, b]]
                         if bthr[i, b] < cold_pri:
@@ -185,9 +210,23 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                     if v > kth[i] or key < top_keys[u, j]:
                         top_vals[u, j] = v
                         top_keys[u, j] = key
-                        top_src[u, j] = m
+                        if filling[i]:
+                            src_top[i, j] = m
+                        else:
+                            _window(x, tokens, lengths, T, before, rows[m], u, top_tok[u, j], top_val[u, j])
                         wt[i] = _worst_top(top_vals, top_keys, u)
                         kth[i] = top_vals[u, wt[i]]
+        for i in range(w):
+            if filling[i]:
+                u = u0 + i
+                for j in range(src_top.shape[1]):
+                    if src_top[i, j] >= 0:
+                        _window(x, tokens, lengths, T, before, rows[src_top[i, j]], u, top_tok[u, j], top_val[u, j])
+                for b in range(nb):
+                    for j in range(src_band.shape[2]):
+                        if src_band[i, b, j] >= 0:
+                            _window(x, tokens, lengths, T, before, rows[src_band[i, b, j]], u, band_tok[u, b, j],
+                                    band_val[u, b, j])
         for i in range(w):
             s1[u0 + i] += a1[i]
             s2[u0 + i] += a2[i]
@@ -285,29 +324,6 @@ def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):
                     o += 1
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def windows(x, xt, tokens, lengths, T, before, unit, focus, out_tok, out_val):  # pragma: no cover - compiled
-    """Context windows of examples: unit [s] and focus [s] (flat position b * T + t) -> out_tok [s, W]
-    int32 token ids (-1 outside the sequence) and out_val [s, W] float32 the unit's values (NaN outside).
-    Values come from x [B * T, n] or, when xt has rows, from its transpose xt [n, B * T] (contiguous
-    windows: worth the copy when there are many examples). tokens: [B * T] int64; lengths: [B] int64."""
-    W = out_tok.shape[1]
-    use_t = xt.shape[0] > 0
-    for i in prange(unit.shape[0]):
-        b = focus[i] // T
-        t = focus[i] - b * T
-        u = unit[i]
-        for j in range(W):
-            pos = t - before + j
-            if 0 <= pos < lengths[b]:
-                r = b * T + pos
-                out_tok[i, j] = tokens[r]
-                out_val[i, j] = xt[u, r] if use_t else x[r, u]
-            else:
-                out_tok[i, j] = -1
-                out_val[i, j] = np.nan
-
-
 def warm() -> None:
     """Load (or compile) every kernel and start numba's thread pool on a tiny input, so the first real
     batch is not charged for it (about half a second from the on-disk cache, longer on first compile)."""
@@ -318,13 +334,13 @@ def warm() -> None:
     z = np.zeros(2, np.int64)
     neuron_update(x, rows, z, z, z, np.ones(3, np.float32), 4096.0, np.zeros((3, 128), np.int64), np.zeros(3), np.zeros(3),
                   np.zeros((1, 3)), np.full((3, 2), -np.inf, np.float32), np.full((3, 2), 2**62, np.int64),
-                  np.full((3, 2), -1, np.int64), np.full((3, 16, 2), 2**62, np.int64), np.full((3, 16, 2), 2**62, np.int64),
-                  np.zeros((3, 16, 2), np.float32), np.full((3, 16, 2), -1, np.int64), 3, COLD)
+                  np.zeros((3, 2, 4), np.int32), np.zeros((3, 2, 4), np.float32),
+                  np.full((3, 16, 2), 2**62, np.int64), np.full((3, 16, 2), 2**62, np.int64), np.zeros((3, 16, 2), np.float32),
+                  np.zeros((3, 16, 2, 4), np.int32), np.zeros((3, 16, 2, 4), np.float32), 3, COLD,
+                  np.zeros(2, np.int64), np.array([2], np.int64), 2, 1)
     P = np.full((1, 1, 2, 2), 0.5, np.float32)
     L, off = np.array([2], np.int64), np.zeros(1, np.int64)
     stats, n_pairs = np.empty((1, 1, 7)), np.empty((1, 1), np.int64)
     head_stats(P, L, off, 0.1, stats, n_pairs, np.empty((1, 1, 1), np.int32), np.empty((1, 1, 1), np.float32))
     out = [np.empty(1, np.int64) for _ in range(4)] + [np.empty(1, np.float32)]
     head_pairs(P, L, np.zeros(1, np.int64), 0.1, *out)
-    o_tok, o_val = np.empty((1, 3), np.int32), np.empty((1, 3), np.float32)
-    windows(x, np.zeros((0, 2), np.float32), np.zeros(2, np.int64), L, 2, 1, z[:1], z[:1], o_tok, o_val)

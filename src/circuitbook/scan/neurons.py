@@ -198,33 +198,12 @@ class NeuronAccumulator:
         tok_row = self._row_of.index_select(0, tok)
         scale = torch.ldexp(torch.ones(n), (HALF.bit_length() - 1 - self.hist.exp).to(torch.int32))
         top, bands = self.top, self.bands
-        top_src = np.full(top.vals.shape, -1, dtype=np.int64)
-        band_src = np.full(bands.pri.shape, -1, dtype=np.int64)
         K.neuron_update(x, rows, tok_row.numpy(), ctx.keys.numpy(), priority(ctx.keys).numpy(), scale.numpy(), Q,
                         self.hist.counts.numpy(), self.s1.numpy(), self.s2.numpy(), self.tok_rows.numpy(),
-                        top.vals.numpy(), top.keys.numpy(), top_src,
-                        bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), band_src, BAND_SHIFT, K.COLD)
-        # context windows of the entries that came in with this batch (and stayed)
-        top_slot = (top_src.reshape(-1) >= 0).nonzero()[0]
-        band_slot = (band_src.reshape(-1) >= 0).nonzero()[0]
-        unit = np.concatenate([top_slot // top.k, band_slot // (N_BANDS * bands.r)])
-        focus = rows[np.concatenate([top_src.reshape(-1)[top_slot], band_src.reshape(-1)[band_slot]])]
-        W = top.width
-        if len(unit) == 0:
-            return
-        # many windows (the first batches): read them from a transposed copy, where each is contiguous
-        xt = flat.t().contiguous().numpy() if len(unit) * W * 4 > x.size else np.zeros((0, n), np.float32)
-        tok_w, val_w = np.empty((len(unit), W), np.int32), np.empty((len(unit), W), np.float32)
-        K.windows(x, xt, ctx.tokens.reshape(-1).numpy(), ctx.lengths.to(torch.int64).numpy(), T, ctx.before,
-                  unit, focus, tok_w, val_w)
-        tok_w, val_w, nt = torch.from_numpy(tok_w), torch.from_numpy(val_w), len(top_slot)
-        slot = torch.from_numpy(top_slot)
-        top.ctx_tok.view(-1, W)[slot] = tok_w[:nt]
-        top.ctx_val.view(-1, W)[slot] = val_w[:nt]
-        top.extra.view(-1)[slot] = 0
-        slot = torch.from_numpy(band_slot)
-        bands.ctx_tok.view(-1, W)[slot] = tok_w[nt:]
-        bands.ctx_val.view(-1, W)[slot] = val_w[nt:]
+                        top.vals.numpy(), top.keys.numpy(), top.ctx_tok.numpy(), top.ctx_val.numpy(),
+                        bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), bands.ctx_tok.numpy(),
+                        bands.ctx_val.numpy(), BAND_SHIFT, K.COLD, ctx.tokens.reshape(-1).numpy(),
+                        ctx.lengths.to(torch.int64).numpy(), T, ctx.before)
 
     def heavy_limit(self, M: int) -> int:
         """A unit with more candidates than this in a batch of M positions is handled densely."""

@@ -125,6 +125,8 @@ class BandReservoir:
     def raise_level(self, shift: Tensor) -> None:
         """Units whose level rose by shift[u] > 0: band b -> b >> shift, merging bands."""
         units = shift.nonzero()[:, 0]
+        if len(units):  # empty reservoirs (the first batch) have nothing to re-label
+            units = units[(self.keys[units] != EMPTY_KEY).flatten(1).any(1)]
         if len(units) == 0:
             return
         nb, half = N_BANDS, N_BANDS // 2
