@@ -155,8 +155,10 @@ def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
             q, k = _rotary(q, cfg.rotary_base), _rotary(k, cfg.rotary_base)
         mask = attention_mask(n_pos, n_pos, cfg.attn_types[l], cfg.window, tokens.device)
         if any(tap.needs(f"blocks.{l}.attn.{n}") for n in ("hook_attn_scores", "hook_pattern")):
-            scores = torch.einsum("bqhe,bkhe->bhqk", q.float(), k.float()) / cfg.attn_scale
-            scores = h("attn.hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+            scores = torch.einsum("bqhe,bkhe->bhqk", q.float(), k.float())
+            if cfg.attn_scale != 1.0:  # (GPT-Neo does not scale: skip a pass over [b, h, q, k])
+                scores.div_(cfg.attn_scale)
+            scores = h("attn.hook_attn_scores", scores.masked_fill_(~mask, float("-inf")))
             pattern = h("attn.hook_pattern", scores.softmax(-1))
             z = torch.einsum("bhqk,bkhe->bqhe", pattern.to(v.dtype), v)
         else:  # fused kernel when nobody looks at the pattern

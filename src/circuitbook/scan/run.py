@@ -5,7 +5,7 @@
 Taps only ``blocks.{l}.mlp.hook_post`` and ``blocks.{l}.attn.hook_pattern``: the forward stops after the
 last layer's MLP activation, so W_out of the last layer and the unembedding are never computed.
 
-Resume: every ``checkpoint_every`` batches (spaced out so that writing it costs at most 5% of the scan's
+Resume: every ``checkpoint_every`` batches (spaced out so that writing it costs at most 2% of the scan's
 time) the whole state (accumulators + how far we got, keyed by the last (story, window) done) is written
 to ``scan_state`` in one transaction. A run killed at any point
 (even SIGKILL) and started again with the same arguments continues from the last checkpoint; every
@@ -39,7 +39,7 @@ from .neurons import NeuronAccumulator, use_kernels
 from .topk import EMPTY_KEY, split_key
 
 SCAN_VERSION = 1
-CHECKPOINT_RATIO = 20  # scan at least this many times as long as the last checkpoint took before the next
+CHECKPOINT_RATIO = 50  # scan at least this many times as long as the last checkpoint took before the next
 
 
 class ScanError(CircuitbookError, RuntimeError):
