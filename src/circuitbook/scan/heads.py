@@ -141,10 +141,13 @@ class HeadAccumulator:
         pk, pw = np.empty((H, M, cap), dtype=np.int32), np.empty((H, M, cap), dtype=np.float32)
         K.head_stats(P, L.numpy(), offsets.numpy(), self.pair_min, stats, n_pairs, pk, pw)
         if n_pairs.max(initial=0) <= cap:
-            n = torch.from_numpy(n_pairs)
-            h, i, j = (torch.arange(cap) < n[..., None]).nonzero(as_tuple=True)
-            k = torch.from_numpy(pk)[h, i, j].long()
-            w = torch.from_numpy(pw)[h, i, j]
+            cnt = n_pairs.reshape(-1)
+            hi = np.repeat(np.arange(H * M), cnt)  # flat (head, row) of every pair, then its slot j
+            j = np.arange(len(hi)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            flat = hi * cap + j
+            h, i = torch.from_numpy(hi // M), torch.from_numpy(hi % M)
+            k = torch.from_numpy(pk.reshape(-1)[flat]).long()
+            w = torch.from_numpy(pw.reshape(-1)[flat])
             focus = ctx.rows[i]
             q = focus % T
             pairs = (focus // T, h, q, k, w)
