@@ -258,13 +258,14 @@ def head_stats(P, lengths, offsets, pair_min, stats, n_pairs, pair_k, pair_w):  
     """Per counted query of every sequence and head, from its pattern row p[0..q]:
     stats[h, i] = (p[0], p[q], p[q-1], sum_k p[k](q-k), -sum_k p[k] ln p[k], max_{k>=1} p[k], first argmax)
     with i = offsets[b] + q - 1 (queries 1..L-1 of sequence b, corpus order); n_pairs[h, i] = how many
-    p[k] >= pair_min with k >= 1, and the first cap of them in pair_k / pair_w [H, M, cap] (key, weight;
+    p[k] >= pair_min (compared in float32, as the torch path does) with k >= 1, and the first cap of them in pair_k / pair_w [H, M, cap] (key, weight;
     key order) while the row is in cache: the caller lists rows with more than cap through head_pairs.
     P: [B, H, T, T] float32; stats [H, M, 7] float64; n_pairs [H, M] int64; pair_k int32, pair_w float32.
     Subnormal weights (< 1.2e-38) add nothing to the entropy (their true share is below 1e-36)."""
     cap = pair_k.shape[2]
     B, H = P.shape[0], P.shape[1]
     bits = P.view(np.int32)
+    pmb = np.array([pair_min], np.float32).view(np.int32)[0]  # w >= pair_min in float32, as bits
     for task in prange(B * H):
         b = task // H
         h = task % H
@@ -277,19 +278,20 @@ def head_stats(P, lengths, offsets, pair_min, stats, n_pairs, pair_k, pair_w):  
                 w = np.float64(row[k])
                 d += w * (qi - k)
                 e -= w * _ln_bits(rb[k]) if rb[k] >= 0x00800000 else 0.0
-            mx = row[1]
+            mb = rb[1]  # weights are >= 0: their bits order like their values, and integers vectorise
             c = 0
             for k in range(1, qi + 1):
-                mx = max(mx, row[k])
-                c += row[k] >= pair_min
+                mb = max(mb, rb[k])
+                c += rb[k] >= pmb
             am = 1
-            while am < qi and row[am] != mx:  # (bounded: a NaN row never matches)
+            while am < qi and rb[am] != mb:
                 am += 1
+            mx = row[am]
             i = offsets[b] + qi - 1
             if c:
                 j = 0
                 for k in range(1, qi + 1):
-                    if row[k] >= pair_min and j < cap:
+                    if rb[k] >= pmb and j < cap:
                         pair_k[h, i, j] = k
                         pair_w[h, i, j] = row[k]
                         j += 1
@@ -308,6 +310,7 @@ def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):
     """List every weight p[k] >= pair_min (k >= 1) of the counted queries: task (b, h) writes its pairs
     from starts[b * H + h] on, in (query, key) order. Outputs [total] int64 (b, h, q, k) and float32 w."""
     B, H = P.shape[0], P.shape[1]
+    pm = np.float32(pair_min)
     for task in prange(B * H):
         b = task // H
         h = task % H
@@ -315,7 +318,7 @@ def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):
         for qi in range(1, lengths[b]):
             for k in range(1, qi + 1):
                 w = P[b, h, qi, k]
-                if w >= pair_min:
+                if w >= pm:
                     out_b[o] = b
                     out_h[o] = h
                     out_q[o] = qi
