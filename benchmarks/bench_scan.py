@@ -42,6 +42,9 @@ DEV = ASSETS / "ts-1l-dev"
 
 def model_for(name: str):
     from circuitbook.model import Tokenizer, from_hf_model, load_model
+    from circuitbook.model.memory import keep_freed_memory
+
+    keep_freed_memory()  # anchors and scan alike: scan_corpus and the CLI run with it (model/memory.py)
 
     if name == "dev":
         return load_model(DEV)

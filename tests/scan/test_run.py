@@ -53,7 +53,7 @@ def test_rerun_and_other_batch_size(model, stories_file, ref, tmp_path):
 def test_sigkill_then_resume_gives_the_same_book(tiny_dir, stories_file, ref, tmp_path):
     path = tmp_path / "killed.db"
     cmd = [sys.executable, "-m", "circuitbook.cli", "scan", str(tiny_dir), "--corpus", str(stories_file),
-           "--book", str(path), "--batch-size", "5", "--checkpoint-every", "1", "--no-progress",
+           "--book", str(path), "--batch-size", "5", "--checkpoint-every", "1", "--checkpoint-seconds", "0", "--no-progress",
            "--max-len", "32", "--k", "6", "--r", "2", "--before", "4", "--after", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed_at = None

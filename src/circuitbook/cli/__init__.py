@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from ..errors import CircuitbookError
+from ..model.memory import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.filterwarnings("default", module="circuitbook")
+    keep_freed_memory()  # every command runs forwards batch after batch (see model/memory.py)
     try:
         return int(args.func(args) or 0)
     except CircuitbookError as e:

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--shard", default="0/1", help="scan stories i mod n only (i/n); merge the books later")
     p.add_argument("--checkpoint-every", type=int, default=25, help="batches between checkpoints (default 25)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="and seconds between checkpoints (default 60: a killed scan redoes at most about that)")
     p.add_argument("--keep-state", action="store_true", help="keep the resumable state (implied by --shard)")
     p.add_argument("--overwrite", action="store_true", help="replace a scan of another model/corpus/settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,7 +47,7 @@ def run(args) -> int:
     model = load(args)
     settings = ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
                             max_tokens=args.max_tokens, shard=shard, batch_size=args.batch_size,
-                            checkpoint_every=args.checkpoint_every)
+                            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)
     summary = scan_corpus(model, args.corpus, args.book, settings, overwrite=args.overwrite,
                           keep_state=True if args.keep_state else None, progress=not args.no_progress)
     print(summary)

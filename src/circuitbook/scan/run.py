@@ -5,8 +5,8 @@
 Taps only ``blocks.{l}.mlp.hook_post`` and ``blocks.{l}.attn.hook_pattern``: the forward stops after the
 last layer's MLP activation, so W_out of the last layer and the unembedding are never computed.
 
-Resume: every ``checkpoint_every`` batches (spaced out so that writing it costs at most 2% of the scan's
-time) the whole state (accumulators + how far we got, keyed by the last (story, window) done) is written
+Resume: every ``checkpoint_every`` batches and ``checkpoint_seconds`` (spaced out so that writing it costs
+at most 2% of the scan's time) the whole state (accumulators + how far we got, keyed by the last (story, window) done) is written
 to ``scan_state`` in one transaction. A run killed at any point
 (even SIGKILL) and started again with the same arguments continues from the last checkpoint; every
 statistic is exact and order-independent (see neurons.py, topk.py, reservoir.py), so the book ends
@@ -33,6 +33,7 @@ from ..book import Book, BookError
 from ..book.scan import RESULT_TABLES
 from ..corpus import CorpusError, corpus_hash, pad, read_stories
 from ..errors import CircuitbookError
+from ..model.memory import keep_freed_memory
 from .context import BatchContext
 from .heads import STATS, HeadAccumulator
 from .neurons import NeuronAccumulator, use_kernels
@@ -48,7 +49,7 @@ class ScanError(CircuitbookError, RuntimeError):
 
 @dataclasses.dataclass
 class ScanSettings:
-    """What a scan records. Everything except checkpoint_every is part of the scan's identity: resuming
+    """What a scan records. Everything except the checkpoint_* fields is part of the scan's identity: resuming
     or merging needs the same values (batch_size too: it decides which sequences share a forward, and a
     forward's last bits can depend on that)."""
 
@@ -65,10 +66,12 @@ class ScanSettings:
     pair_min: float = 0.1  # attention weights below this are not counted in pair mass
     batch_size: int = 8
     checkpoint_every: int = 25  # batches
+    checkpoint_seconds: float = 60.0  # and at least this long since the last one (a kill redoes at most that)
 
     def identity(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("checkpoint_every")
+        d.pop("checkpoint_seconds")
         d["shard"] = list(self.shard)
         return d
 
@@ -84,6 +87,8 @@ class ScanSettings:
             raise ScanError(f"shard {i}/{n}: need 0 <= i < n")
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise ScanError("batch_size and checkpoint_every must be >= 1")
+        if self.checkpoint_seconds < 0:
+            raise ScanError("checkpoint_seconds must be >= 0")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ScanError("max_tokens must be >= 1")
 
@@ -271,6 +276,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         bar = tqdm(total=total, unit="story", desc="scan" + (f" {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""),
                    dynamic_ncols=True)
 
+    keep_freed_memory()  # batch after batch of [B, H, T, T] buffers: reuse them (model/memory.py)
     if use_kernels(NeuronAccumulator.kernels, model.weights.W_E):
         from . import kernels
 
@@ -301,10 +307,11 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
                 el = max(time.time() - t0, 1e-9)
                 bar.update(group[-1][0] + 1 - bar.n)  # stories read so far (all shards read them all)
                 bar.set_postfix_str(f"{new_tokens / el:,.0f} tok/s", refresh=False)
-            # checkpoint every checkpoint_every batches, but after one that took c seconds scan at least
-            # CHECKPOINT_RATIO * c before the next: the state (per-token sums, windows) is tens of MB, and
-            # writing it must not cost more than 1/CHECKPOINT_RATIO of the scan
-            if since >= s.checkpoint_every and time.time() - ckpt_end >= CHECKPOINT_RATIO * ckpt_cost:
+            # checkpoint every checkpoint_every batches and checkpoint_seconds, but after one that took c
+            # seconds scan at least CHECKPOINT_RATIO * c before the next: the state (per-token sums,
+            # windows) is 100+ MB, and writing it must not cost more than 1/CHECKPOINT_RATIO of the scan
+            if since >= s.checkpoint_every and time.time() - ckpt_end >= max(s.checkpoint_seconds,
+                                                                              CHECKPOINT_RATIO * ckpt_cost):
                 c0 = time.time()
                 with book.transaction() as c:
                     save_state(book, identity, state, prog, False, c)
