@@ -5,16 +5,16 @@ takes a dozen passes over a batch's [positions, units] values (gather, histogram
 sums, candidate masks, sorts), each a separate kernel launch. Here one compiled loop visits every value
 once and does all of it, so the scan's bookkeeping costs a fraction of the forward.
 
-Neurons (``neuron_extremes`` then ``neuron_update``): parallel over blocks of units, each thread owns its
-units' state (no atomics, no races) and walks the batch's counted rows in corpus order. Results are
-exactly those of the torch path: histogram counts and the sums on the 2**-12 grid are integers, and the
+Neurons (``neuron_update``): parallel over blocks of units, each thread owns its units' state (no
+atomics, no races) and walks the batch's counted rows twice while the block's columns stay in cache
+(extremes first, then everything else). Results are exactly those of the torch path: histogram counts and the sums on the 2**-12 grid are integers, and the
 top-k / band reservoirs keep the best entries under the same total orders (value desc then key asc;
 (priority, key) asc). An entering example's context window is cut on the spot, while the rows around it
 are in cache (the torch path gathers windows afterwards, one cache line per value).
 
 Heads (``head_stats``, ``head_pairs``): parallel over (sequence, head); each query row is read once for
-the five statistics, the strongest attention and the count of pair weights, then once more to list the
-pair weights. Statistics are summed in float64 in key order, so they are deterministic (the torch path
+the five statistics, the strongest attention and the pair weights (up to a cap per row; rows beyond it,
+only with a small pair_min, are listed by a second pass, ``head_pairs``). Statistics are summed in float64 in key order, so they are deterministic (the torch path
 uses a float32 matmul: the two agree to float32 precision, not bit for bit).
 
 Compiled on first use and cached on disk (numba ``cache=True``).
@@ -31,37 +31,13 @@ from numba import njit, prange
 
 BLOCK = 256  # units per task: a block's histogram rows and sums stay in cache while the rows stream by
 LOCK = threading.Lock()  # numba's default thread pool must not be entered from two threads at once
+EMPTY = (1 << 63) - 1  # topk.EMPTY_KEY: an empty slot's key and priority
 COLD = 1 << 57  # rows with a band priority above this (63 in 64) take the band test without a gather
 
 
 def threads(n: int) -> None:
     """Use n threads for the kernels (the scan follows torch.get_num_threads())."""
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def neuron_extremes(x, rows, vmax, vmin):  # pragma: no cover - compiled
-    """Per unit, max and min of x[rows] into vmax/vmin [n] (float32); returns how many values are NaN.
-    x: [R, n] float32 activations, rows: [M] int64 counted rows."""
-    n = x.shape[1]
-    nblk = (n + BLOCK - 1) // BLOCK
-    nans = np.zeros(nblk, np.int64)
-    for bi in prange(nblk):
-        u0 = bi * BLOCK
-        u1 = min(n, u0 + BLOCK)
-        mx = vmax[u0:u1].copy()
-        mn = vmin[u0:u1].copy()
-        bad = np.zeros(u1 - u0, np.int64)
-        for m in range(rows.shape[0]):
-            xr = x[rows[m], u0:u1]
-            for i in range(u1 - u0):
-                mx[i] = max(mx[i], xr[i])
-                mn[i] = min(mn[i], xr[i])
-                bad[i] += np.isnan(xr[i])
-        vmax[u0:u1] = mx
-        vmin[u0:u1] = mn
-        nans[bi] = bad.sum()
-    return nans.sum()
 
 
 @njit(inline="always")
@@ -84,6 +60,37 @@ def _worst_band(pri, keys, u, b):  # pragma: no cover - compiled
     return w
 
 
+@njit
+def _raise_unit(hist, band_pri, band_keys, band_vals, band_tok, band_val, u, d):  # pragma: no cover - compiled
+    """Unit u's level rises by d > 0: histogram bin b -> b >> d, band b -> b >> d (signed), each band
+    keeping its r best (priority, key) with their windows (see PowerHistogram / BandReservoir.raise_level)."""
+    nbin = hist.shape[1]
+    hh = hist[u].copy()
+    hist[u, :] = 0
+    for c in range(nbin):
+        hist[u, ((c - nbin // 2) >> d) + nbin // 2] += hh[c]
+    nb, r, W = band_pri.shape[1], band_pri.shape[2], band_tok.shape[3]
+    ep, ek = band_pri[u].copy().reshape(-1), band_keys[u].copy().reshape(-1)
+    ev = band_vals[u].copy().reshape(-1)
+    et, ew = band_tok[u].copy().reshape(nb * r, W), band_val[u].copy().reshape(nb * r, W)
+    band_pri[u, :, :] = EMPTY
+    band_keys[u, :, :] = EMPTY
+    band_vals[u, :, :] = np.nan
+    band_tok[u, :, :, :] = -1
+    band_val[u, :, :, :] = np.nan
+    for e in range(nb * r):
+        if ek[e] == EMPTY:
+            continue
+        c = ((e // r - nb // 2) >> d) + nb // 2
+        j = _worst_band(band_pri, band_keys, u, c)
+        if ep[e] < band_pri[u, c, j] or (ep[e] == band_pri[u, c, j] and ek[e] < band_keys[u, c, j]):
+            band_pri[u, c, j] = ep[e]
+            band_keys[u, c, j] = ek[e]
+            band_vals[u, c, j] = ev[e]
+            band_tok[u, c, j, :] = et[e]
+            band_val[u, c, j, :] = ew[e]
+
+
 @njit(inline="always")
 def _window(x, tokens, lengths, T, before, r, u, out_tok, out_val):  # pragma: no cover - compiled
     """Window of unit u around flat row r = b * T + t into out_tok [W] / out_val [W]."""
@@ -102,7 +109,7 @@ def _window(x, tokens, lengths, T, before, r, u, out_tok, out_val):  # pragma: n
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                   top_vals, top_keys, top_tok, top_val, band_pri, band_keys, band_vals, band_tok, band_val,
-                  band_shift, cold_pri, tokens, lengths, T, before):  # pragma: no cover - compiled
+                  band_shift, cold_pri, tokens, lengths, T, before, vmax, vmin, exp, status):  # pragma: no cover - compiled
     """One batch into one layer's neuron state, every value visited once.
 
     x [R, n] float32 activations (R = B * T); rows [M] int64 counted rows of x in corpus order; tok_row
@@ -115,23 +122,53 @@ def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
     [n, n_bands, r, W] (int32 token ids, -1 outside the sequence; float32 values, NaN outside), from
     tokens [R] int64 and lengths [B] int64; window j of row b * T + t covers position t - before + j.
 
+    Each block of units first takes the batch's extremes into vmax / vmin [n] float32 (state, in place)
+    and raises the level exp [n] int64 of every unit they outgrow (_raise_unit: histogram.PowerHistogram
+    and reservoir.BandReservoir.raise_level, exactly), then counts the batch, its columns still in cache.
+    A block holding a NaN stops before counting anything, with status[block] = 1 [n_blocks] int64.
+
     fastmath only licenses reordering and fusing the float64 sums, whose terms are integers (exact in any
-    order); NaNs are refused before (neuron_extremes) and -inf marks empty top-k slots, so no nnan/ninf."""
+    order); NaN blocks stop before anything is counted and -inf marks empty top-k slots: no nnan/ninf."""
     n = x.shape[1]
     nbin = hist.shape[1]
     half = nbin // 2
     nblk = (n + BLOCK - 1) // BLOCK
     nb = band_pri.shape[1]
+    bits = 0
+    while (1 << bits) < half:
+        bits += 1
     for bi in prange(nblk):
         u0 = bi * BLOCK
         u1 = min(n, u0 + BLOCK)
         w = u1 - u0
+        sc = scale[u0:u1].copy()
+        mx = vmax[u0:u1].copy()
+        mn = vmin[u0:u1].copy()
+        bad = 0
+        for m in range(rows.shape[0]):
+            xr = x[rows[m], u0:u1]
+            for i in range(w):
+                mx[i] = max(mx[i], xr[i])
+                mn[i] = min(mn[i], xr[i])
+                bad += np.isnan(xr[i])
+        vmax[u0:u1] = mx
+        vmin[u0:u1] = mn
+        status[bi] = 0
+        if bad:
+            status[bi] = 1
+            continue
+        for i in range(w):  # a level that no longer covers the batch rises first (histogram, bands)
+            a = max(mx[i], -mn[i])
+            if a * sc[i] >= half:
+                e = math.frexp(np.float64(a))[1]  # smallest e with 2**e > a (a >= 2**exp > 0)
+                _raise_unit(hist, band_pri, band_keys, band_vals, band_tok, band_val, u0 + i, e - exp[u0 + i])
+                exp[u0 + i] = e
+                sc[i] = np.float32(math.ldexp(1.0, bits - e))
         # this batch's counts, bin-major: most values sit in a few central bins, so neighbouring
         # units count into neighbouring cells; flushed into hist at the end
         h = np.zeros(nbin * w, np.int32)
         a1 = np.zeros(w)
         a2 = np.zeros(w)
-        sc = scale[u0:u1].copy()
         # the worst entry of each unit's top-k and of each band: a value must beat it to enter, so
         # v >= kth[i] and p <= bthr[i, band] are necessary. Most rows have p > cold_pri (COLD): for
         # them only bands whose threshold is above it can take anything (bit b of cold[i]: few values reach
@@ -290,11 +327,14 @@ def head_stats(P, lengths, offsets, pair_min, stats, n_pairs, pair_k, pair_w):  
             i = offsets[b] + qi - 1
             if c:
                 j = 0
+                need = min(c, cap)
                 for k in range(1, qi + 1):
-                    if rb[k] >= pmb and j < cap:
+                    if rb[k] >= pmb:
                         pair_k[h, i, j] = k
                         pair_w[h, i, j] = row[k]
                         j += 1
+                        if j == need:  # all found: skip the rest of the row
+                            break
             stats[h, i, 0] = row[0]
             stats[h, i, 1] = row[qi]
             stats[h, i, 2] = row[qi - 1]
@@ -333,14 +373,14 @@ def warm() -> None:
     x = np.zeros((2, 3), np.float32)
     rows = np.arange(2, dtype=np.int64)
     vmax, vmin = np.full(3, -np.inf, np.float32), np.full(3, np.inf, np.float32)
-    neuron_extremes(x, rows, vmax, vmin)
     z = np.zeros(2, np.int64)
     neuron_update(x, rows, z, z, z, np.ones(3, np.float32), 4096.0, np.zeros((3, 128), np.int64), np.zeros(3), np.zeros(3),
                   np.zeros((1, 3)), np.full((3, 2), -np.inf, np.float32), np.full((3, 2), 2**62, np.int64),
                   np.zeros((3, 2, 4), np.int32), np.zeros((3, 2, 4), np.float32),
                   np.full((3, 16, 2), 2**62, np.int64), np.full((3, 16, 2), 2**62, np.int64), np.zeros((3, 16, 2), np.float32),
                   np.zeros((3, 16, 2, 4), np.int32), np.zeros((3, 16, 2, 4), np.float32), 3, COLD,
-                  np.zeros(2, np.int64), np.array([2], np.int64), 2, 1)
+                  np.zeros(2, np.int64), np.array([2], np.int64), 2, 1, vmax, vmin, np.zeros(3, np.int64),
+                  np.zeros(1, np.int64))
     P = np.full((1, 1, 2, 2), 0.5, np.float32)
     L, off = np.array([2], np.int64), np.zeros(1, np.int64)
     stats, n_pairs = np.empty((1, 1, 7)), np.empty((1, 1), np.int64)

@@ -181,29 +181,28 @@ class NeuronAccumulator:
         K.threads(torch.get_num_threads())
         flat = acts.reshape(B * T, n).float().contiguous()
         x, rows = flat.numpy(), ctx.rows.numpy()
-        bmax = np.full(n, -np.inf, dtype=np.float32)
-        bmin = np.full(n, np.inf, dtype=np.float32)
-        if K.neuron_extremes(x, rows, bmax, bmin):
-            raise CircuitbookError("the model produced NaN MLP activations: the scan cannot rank them "
-                                   "(check the weights and the dtype)")
-        self.count += M
-        self.vmax = torch.maximum(self.vmax, torch.from_numpy(bmax))
-        self.vmin = torch.minimum(self.vmin, torch.from_numpy(bmin))
-        self.bands.raise_level(self.hist.raise_level(level(torch.maximum(self.vmax.abs(), self.vmin.abs()))))
-
         tok = ctx.tokens.reshape(-1).index_select(0, ctx.rows)
         uniq, counts = torch.unique(tok, return_counts=True)
         rows_u = self._rows_for(uniq)  # (may grow the table: before touching tok_count)
-        self.tok_count.index_add_(0, rows_u, counts)
-        tok_row = self._row_of.index_select(0, tok)
-        scale = torch.ldexp(torch.ones(n), (HALF.bit_length() - 1 - self.hist.exp).to(torch.int32))
+        tok_row = self._row_of.index_select(0, tok).numpy()
+        pri = priority(ctx.keys).numpy()
+        vmax, vmin = self.vmax.contiguous(), self.vmin.contiguous()
         top, bands = self.top, self.bands
-        K.neuron_update(x, rows, tok_row.numpy(), ctx.keys.numpy(), priority(ctx.keys).numpy(), scale.numpy(), Q,
+        status = np.zeros(-(-n // K.BLOCK), dtype=np.int64)
+        scale = torch.ldexp(torch.ones(n), (HALF.bit_length() - 1 - self.hist.exp).to(torch.int32))
+        K.neuron_update(x, rows, tok_row, ctx.keys.numpy(), pri, scale.numpy(), Q,
                         self.hist.counts.numpy(), self.s1.numpy(), self.s2.numpy(), self.tok_rows.numpy(),
                         top.vals.numpy(), top.keys.numpy(), top.ctx_tok.numpy(), top.ctx_val.numpy(),
                         bands.pri.numpy(), bands.keys.numpy(), bands.vals.numpy(), bands.ctx_tok.numpy(),
                         bands.ctx_val.numpy(), BAND_SHIFT, K.COLD, ctx.tokens.reshape(-1).numpy(),
-                        ctx.lengths.to(torch.int64).numpy(), T, ctx.before)
+                        ctx.lengths.to(torch.int64).numpy(), T, ctx.before, vmax.numpy(), vmin.numpy(),
+                        self.hist.exp.numpy(), status)
+        if status.any():  # (those blocks counted nothing; the scan stops here)
+            raise CircuitbookError("the model produced NaN MLP activations: the scan cannot rank them "
+                                   "(check the weights and the dtype)")
+        self.vmax, self.vmin = vmax, vmin
+        self.count += M
+        self.tok_count.index_add_(0, rows_u, counts)
 
     def heavy_limit(self, M: int) -> int:
         """A unit with more candidates than this in a batch of M positions is handled densely."""
