@@ -11,9 +11,10 @@ neurons) and for ts-1l-dev:
     up first (torch's kernels and the scan's compiled ones: scan_corpus loads those before its timer);
   * TransformerLens run_with_cache(names_filter = the MLP hook_post and the attention pattern, nothing
     else cached) + a naive per-neuron top-k with context windows, in a Python loop over neurons, on the
-    first --tl-batches batches, against the scan on the same batches (cold start included) (target: scan
-    >= 8x faster; the scan also records bands, histograms, token means and head statistics, the anchor
-    only the top-k);
+    first --tl-batches batches, each right after the scan's turn on the same batch, against the scan on
+    those batches (cold start included) (target: scan >= 8x faster; the anchor computes the unembedding
+    as plain run_with_cache does; the scan also records bands, histograms, token means and head
+    statistics, the anchor only the top-k);
   * scan_corpus end to end in a subprocess: tokens/s, finalize time, book size, peak RSS (4096 x 32);
   * wall time to scan all 1,841 shared stories with ts-1l-dev, against the bare forward over the same
     batches (a separate process, run just before).
@@ -62,50 +63,14 @@ def tensors(group):
     return pad([ids for _, _, ids in group])
 
 
-def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> dict:
-    """Per batch: bare forward (taps) timed apart from the scan's bookkeeping; then TL + naive top-k."""
-    from circuitbook.corpus import read_stories
-    from circuitbook.scan import kernels
-    from circuitbook.scan.context import BatchContext
-    from circuitbook.scan.run import ScanSettings, ScanState, shard_batches
-
-    model = model_for(name)
-    s = ScanSettings(max_tokens=max_tokens, batch_size=batch_size, max_len=512)
-    batches = [g for _, g in shard_batches(read_stories(STORIES), model.tokenizer, s)]
-    cfg = model.cfg
-    taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
-    state = ScanState.fresh(cfg, s, "cpu")
-    fwd, upd, ntok = [], [], []
-    model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels (torch's, and the scan's compiled ones)
-    kernels.warm()
-    for g in batches:
-        tok, mask = tensors(g)
-        t0 = time.perf_counter()
-        out = model.run(tok, taps)  # the anchor: the same forward, same batch, same taps, right before
-        t1 = time.perf_counter()
-        ctx = BatchContext.build(tok, mask, torch.tensor([x[0] for x in g]), torch.tensor([x[1] for x in g]),
-                                 s.max_len, s.before, s.after)
-        for l in range(cfg.n_layers):
-            state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
-            state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
-        t2 = time.perf_counter()
-        fwd.append(t1 - t0)
-        upd.append(t2 - t1)
-        ntok.append(len(ctx.rows))
-    h = len(batches) // 2
-    res = {"model": name, "batches": len(batches), "tokens": sum(ntok), "batch_size": batch_size,
-           "fwd_s": sum(fwd), "update_s": sum(upd), "overhead_all": sum(upd) / sum(fwd),
-           "overhead_2nd_half": sum(upd[h:]) / sum(fwd[h:]),
-           "overhead_median_batch": sorted(u / f for u, f in zip(upd, fwd))[len(upd) // 2], "bare_tok_s": sum(ntok) / sum(fwd),
-           "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
-           "scan_tok_s_2nd_half": sum(ntok[h:]) / (sum(fwd[h:]) + sum(upd[h:]))}
-
-    # TransformerLens + naive per-neuron top-k on the first batches
+def tl_anchor(model, s):
+    """TransformerLens run_with_cache (the MLP hook_post and attention patterns cached, nothing else) +
+    a naive per-neuron top-k with context windows: returns step(group) -> tokens counted."""
     import transformer_lens as tl
 
     from circuitbook.model import to_transformer_lens
 
-    c = cfg
+    c = model.cfg
     tcfg = tl.HookedTransformerConfig(
         n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
         d_vocab=c.d_vocab, act_fn="gelu_new", normalization_type="LN", use_attn_scale=False,
@@ -114,11 +79,9 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
     ht.load_state_dict(to_transformer_lens(model.weights), strict=False)
     ht.eval()
     k, before, after = s.k, s.before, s.after
-    tops = [[] for _ in range(c.d_mlp)]  # per neuron: list of (value, story, pos, window tokens, window acts)
-    n_tl = min(tl_batches, len(batches))
-    t0 = time.perf_counter()
-    tl_tok = 0
-    for g in batches[:n_tl]:
+    tops = [[] for _ in range(c.d_mlp)]  # per neuron: list of (value, window tokens, window acts)
+
+    def step(g) -> int:
         tok, mask = tensors(g)
         with torch.no_grad():
             _, cache = ht.run_with_cache(tok, names_filter=lambda n: n.endswith(("hook_post", "hook_pattern")))
@@ -136,13 +99,59 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
                 cand.append((float(v[j]), tok[b, lo:p + after + 1].tolist(), acts[b, lo:p + after + 1, n].tolist()))
             cand.sort(key=lambda x: -x[0])
             tops[n] = cand[:k]
-        tl_tok += int(mask[:, 1:].sum())
-    tl_s = time.perf_counter() - t0
+        return int(mask[:, 1:].sum())
+    return step
+
+
+def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> dict:
+    """Per batch: bare forward (taps) timed apart from the scan's bookkeeping; on the first tl_batches
+    batches, TransformerLens + naive top-k on the same batch right after (load drift hits both alike)."""
+    from circuitbook.corpus import read_stories
+    from circuitbook.scan import kernels
+    from circuitbook.scan.context import BatchContext
+    from circuitbook.scan.run import ScanSettings, ScanState, shard_batches
+
+    model = model_for(name)
+    s = ScanSettings(max_tokens=max_tokens, batch_size=batch_size, max_len=512)
+    batches = [g for _, g in shard_batches(read_stories(STORIES), model.tokenizer, s)]
+    cfg = model.cfg
+    taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
+    state = ScanState.fresh(cfg, s, "cpu")
+    tl_step = tl_anchor(model, s)
+    fwd, upd, ntok, tl_s, tl_tok = [], [], [], 0.0, 0
+    model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels (torch's, and the scan's compiled ones)
+    kernels.warm()
+    n_tl = min(tl_batches, len(batches))
+    for bi, g in enumerate(batches):
+        tok, mask = tensors(g)
+        t0 = time.perf_counter()
+        out = model.run(tok, taps)  # the anchor: the same forward, same batch, same taps, right before
+        t1 = time.perf_counter()
+        ctx = BatchContext.build(tok, mask, torch.tensor([x[0] for x in g]), torch.tensor([x[1] for x in g]),
+                                 s.max_len, s.before, s.after)
+        for l in range(cfg.n_layers):
+            state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+            state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        upd.append(t2 - t1)
+        ntok.append(len(ctx.rows))
+        del out
+        if bi < n_tl:
+            t3 = time.perf_counter()
+            tl_tok += tl_step(g)
+            tl_s += time.perf_counter() - t3
+    h = len(batches) // 2
     # the same first batches for both (the scan's include its cold start: empty top-k, first levels)
     scan_first = sum(ntok[:n_tl]) / (sum(fwd[:n_tl]) + sum(upd[:n_tl]))
-    res.update({"tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s, "scan_tok_s_tl_batches": scan_first,
-                "speedup_vs_tl": scan_first / (tl_tok / tl_s)})
-    return res
+    return {"model": name, "batches": len(batches), "tokens": sum(ntok), "batch_size": batch_size,
+            "fwd_s": sum(fwd), "update_s": sum(upd), "overhead_all": sum(upd) / sum(fwd),
+            "overhead_2nd_half": sum(upd[h:]) / sum(fwd[h:]),
+            "overhead_median_batch": sorted(u / f for u, f in zip(upd, fwd))[len(upd) // 2],
+            "bare_tok_s": sum(ntok) / sum(fwd), "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
+            "scan_tok_s_2nd_half": sum(ntok[h:]) / (sum(fwd[h:]) + sum(upd[h:])),
+            "tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s, "scan_tok_s_tl_batches": scan_first,
+            "speedup_vs_tl": scan_first / (tl_tok / tl_s)}
 
 
 def part_scan(name: str, max_tokens: int | None, batch_size: int) -> dict:

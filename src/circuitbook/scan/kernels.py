@@ -64,6 +64,7 @@ def _worst_band(pri, keys, u, b):  # pragma: no cover - compiled
 def _raise_unit(hist, band_pri, band_keys, band_vals, band_tok, band_val, u, d):  # pragma: no cover - compiled
     """Unit u's level rises by d > 0: histogram bin b -> b >> d, band b -> b >> d (signed), each band
     keeping its r best (priority, key) with their windows (see PowerHistogram / BandReservoir.raise_level)."""
+    d = min(d, 62)  # (bins and bands are below 2**7 in size: larger shifts change nothing, and >= 64 is undefined)
     nbin = hist.shape[1]
     hh = hist[u].copy()
     hist[u, :] = 0
@@ -110,7 +111,8 @@ def _window(x, tokens, lengths, T, before, r, u, out_tok, out_val):  # pragma: n
 def neuron_update(x, rows, tok_row, keys, pri, scale, q, hist, s1, s2, tok_sums,
                   top_vals, top_keys, top_tok, top_val, band_pri, band_keys, band_vals, band_tok, band_val,
                   band_shift, cold_pri, tokens, lengths, T, before, vmax, vmin, exp, status):  # pragma: no cover - compiled
-    """One batch into one layer's neuron state, every value visited once.
+    """One batch into one layer's neuron state: each block of units reads its columns of the batch twice
+    (extremes, then everything else) while they are in cache.
 
     x [R, n] float32 activations (R = B * T); rows [M] int64 counted rows of x in corpus order; tok_row
     [M] int64 row of tok_sums for each; keys / pri [M] int64 example keys and band priorities; scale [n]
