@@ -306,8 +306,10 @@ def head_stats(P, lengths, offsets, pair_min, stats, n_pairs, pair_k, pair_w):  
     bits = P.view(np.int32)
     pmb = np.array([pair_min], np.float32).view(np.int32)[0]  # w >= pair_min in float32, as bits
     for task in prange(B * H):
-        b = task // H
-        h = task % H
+        # head-major: prange hands each thread a contiguous range of tasks, and a sequence's cost grows
+        # with its length squared; this way every thread gets all the sequences of its heads
+        h = task // B
+        b = task % B
         for qi in range(1, lengths[b]):
             row = P[b, h, qi]
             rb = bits[b, h, qi]
@@ -353,10 +355,10 @@ def head_pairs(P, lengths, starts, pair_min, out_b, out_h, out_q, out_k, out_w):
     from starts[b * H + h] on, in (query, key) order. Outputs [total] int64 (b, h, q, k) and float32 w."""
     B, H = P.shape[0], P.shape[1]
     pm = np.float32(pair_min)
-    for task in prange(B * H):
-        b = task // H
-        h = task % H
-        o = starts[task]
+    for t in prange(B * H):
+        h = t // B  # head-major, as in head_stats
+        b = t % B
+        o = starts[b * H + h]
         for qi in range(1, lengths[b]):
             for k in range(1, qi + 1):
                 w = P[b, h, qi, k]
