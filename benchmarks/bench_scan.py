@@ -117,7 +117,7 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
     cfg = model.cfg
     taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
     state = ScanState.fresh(cfg, s, "cpu")
-    tl_step = tl_anchor(model, s)
+    tl_step = tl_anchor(model, s) if tl_batches else None
     fwd, upd, ntok, tl_s, tl_tok = [], [], [], 0.0, 0
     model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels (torch's, and the scan's compiled ones)
     kernels.warm()
@@ -143,15 +143,15 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
             tl_s += time.perf_counter() - t3
     h = len(batches) // 2
     # the same first batches for both (the scan's include its cold start: empty top-k, first levels)
-    scan_first = sum(ntok[:n_tl]) / (sum(fwd[:n_tl]) + sum(upd[:n_tl]))
+    scan_first = sum(ntok[:n_tl]) / (sum(fwd[:n_tl]) + sum(upd[:n_tl])) if n_tl else 0.0
     return {"model": name, "batches": len(batches), "tokens": sum(ntok), "batch_size": batch_size,
             "fwd_s": sum(fwd), "update_s": sum(upd), "overhead_all": sum(upd) / sum(fwd),
             "overhead_2nd_half": sum(upd[h:]) / sum(fwd[h:]),
             "overhead_median_batch": sorted(u / f for u, f in zip(upd, fwd))[len(upd) // 2],
             "bare_tok_s": sum(ntok) / sum(fwd), "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
             "scan_tok_s_2nd_half": sum(ntok[h:]) / (sum(fwd[h:]) + sum(upd[h:])),
-            "tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s, "scan_tok_s_tl_batches": scan_first,
-            "speedup_vs_tl": scan_first / (tl_tok / tl_s)}
+            "tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s if n_tl else 0.0, "scan_tok_s_tl_batches": scan_first,
+            "speedup_vs_tl": scan_first / (tl_tok / tl_s) if n_tl else 0.0}
 
 
 def part_scan(name: str, max_tokens: int | None, batch_size: int) -> dict:
@@ -238,14 +238,23 @@ def main() -> None:
           f"examples (+ quantile samples); peak RSS of the scan process (model included) {r['peak_rss_mib']:,.0f} MiB   [load {os.getloadavg()[0]:.1f}]",
           flush=True)
     if not a.skip_full:
-        b = child(["--part", "bare", "--model", "dev"])
+        # the whole corpus: bookkeeping vs forward back to back per batch (robust to load drift), then
+        # scan_corpus end to end against the bare forward over the same batches in separate processes
+        # (before and after: a shared machine's drift shows as the gap between the two)
+        w = child(["--part", "loop", "--model", "dev", "--tl-batches", "0"])
+        print(f"[dev] all 1,841 stories, {w['tokens']:,} tokens in {w['batches']} batches: bare forward "
+              f"{w['bare_tok_s']:,.0f} tok/s, scan {w['scan_tok_s']:,.0f} tok/s -> bookkeeping overhead "
+              f"{100 * w['overhead_all']:.1f}% (2nd half {100 * w['overhead_2nd_half']:.1f}%, median batch "
+              f"{100 * w['overhead_median_batch']:.1f}%)   [load {os.getloadavg()[0]:.1f}]", flush=True)
+        b1 = child(["--part", "bare", "--model", "dev"])
         r = child(["--part", "scan", "--model", "dev"])
-        print(f"[dev] all 1,841 stories ({r['tokens']:,} tokens): {r['wall_s']:.1f}s wall "
+        b2 = child(["--part", "bare", "--model", "dev"])
+        bare = (b1["wall_s"] + b2["wall_s"]) / 2
+        print(f"[dev] all 1,841 stories ({r['tokens']:,} tokens): scan_corpus {r['wall_s']:.1f}s wall "
               f"({r['loop_s']:.1f}s scanning = {r['scan_tok_s']:,.0f} tok/s, {r['finalize_s']:.1f}s writing results); "
-              f"book {r['book_mib']:.1f} MiB; the bare forward over the same batches (tokenizing included) "
-              f"{b['wall_s']:.1f}s = {b['tok_s']:,.0f} tok/s -> whole-scan overhead (checkpoints, tokenizing, "
-              f"progress included) {100 * (r['loop_s'] / b['wall_s'] - 1):.1f}%   [load {os.getloadavg()[0]:.1f}]",
-              flush=True)
+              f"book {r['book_mib']:.1f} MiB, peak RSS {r['peak_rss_mib']:,.0f} MiB; the bare forward over the same "
+              f"batches (tokenizing included) {b1['wall_s']:.1f}s before, {b2['wall_s']:.1f}s after -> end-to-end "
+              f"overhead {100 * (r['loop_s'] / bare - 1):.1f}%   [load {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 if __name__ == "__main__":
