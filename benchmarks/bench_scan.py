@@ -16,8 +16,9 @@ neurons) and for ts-1l-dev:
     as plain run_with_cache does; the scan also records bands, histograms, token means and head
     statistics, the anchor only the top-k);
   * scan_corpus end to end in a subprocess: tokens/s, finalize time, book size, peak RSS (4096 x 32);
-  * wall time to scan all 1,841 shared stories with ts-1l-dev, against the bare forward over the same
-    batches (a separate process, run just before).
+  * all 1,841 shared stories with ts-1l-dev: the bookkeeping overhead batch by batch as above, and
+    scan_corpus end to end (wall time) against the bare forward over the same batches, tokenizing
+    included, in separate processes run before and after it.
 The machine may be shared: the load average is printed next to the figures.
 """
 
