@@ -6,12 +6,21 @@ import numpy as np
 import pytest
 import torch
 
+from circuitbook.corpus import pad
 from circuitbook.scan.context import BatchContext
 from circuitbook.scan.heads import HeadAccumulator
 from circuitbook.scan.neurons import Q
 from circuitbook.scan.run import ScanSettings, _batches, _sequences
 
 B4, A2 = 4, 2
+
+
+def batch(grp, max_len):
+    """(tokens [B, T], BatchContext) of a group of (story, window, ids), right-padded."""
+    tok, mask = pad([ids for _, _, ids in grp])
+    ctx = BatchContext.build(tok, mask, torch.tensor([g[0] for g in grp]), torch.tensor([g[1] for g in grp]),
+                             max_len, B4, A2)
+    return tok, ctx
 
 
 @pytest.mark.parametrize("kernels", ["numba", "numba-2pass", "torch"])
@@ -27,14 +36,7 @@ def test_head_stats_examples_and_pairs(tiny, stories, max_len, kernels, monkeypa
     acc = HeadAccumulator(tiny.cfg.n_heads, 5, B4 + 1 + A2, tiny.cfg.d_vocab, pair_min=0.2)
     rows = []  # (key, seq tokens, pattern [H, q, k] of that sequence)
     for grp in _batches(iter(seqs), 3):
-        T = max(len(x[2]) for x in grp)
-        tok = torch.zeros(len(grp), T, dtype=torch.long)
-        mask = torch.zeros(len(grp), T, dtype=torch.bool)
-        for j, (_, _, ids) in enumerate(grp):
-            tok[j, :len(ids)] = torch.tensor(ids)
-            mask[j, :len(ids)] = True
-        ctx = BatchContext.build(tok, mask, torch.tensor([g[0] for g in grp]), torch.tensor([g[1] for g in grp]),
-                                 max_len, B4, A2)
+        tok, ctx = batch(grp, max_len)
         P = tiny.run(tok, [f"blocks.{layer}.attn.hook_pattern"])[f"blocks.{layer}.attn.hook_pattern"]
         acc.update(P, ctx)
         for j, (st, w, ids) in enumerate(grp):
@@ -98,14 +100,7 @@ def test_the_second_pair_pass_runs_when_rows_overflow(tiny, stories, monkeypatch
     monkeypatch.setattr(HeadAccumulator, "kernels", "numba")
     monkeypatch.setattr(HeadAccumulator, "pair_cap", 1)
     s = ScanSettings(max_len=24, batch_size=3)
-    grp = list(_sequences(stories[:3], tiny.tokenizer, s))[:3]
-    T = max(len(x[2]) for x in grp)
-    tok = torch.zeros(len(grp), T, dtype=torch.long)
-    mask = torch.zeros(len(grp), T, dtype=torch.bool)
-    for j, (_, _, ids) in enumerate(grp):
-        tok[j, :len(ids)] = torch.tensor(ids)
-        mask[j, :len(ids)] = True
-    ctx = BatchContext.build(tok, mask, torch.tensor([g[0] for g in grp]), torch.tensor([g[1] for g in grp]), 24, B4, A2)
+    tok, ctx = batch(list(_sequences(stories[:3], tiny.tokenizer, s))[:3], 24)
     acc = HeadAccumulator(tiny.cfg.n_heads, 5, B4 + 1 + A2, tiny.cfg.d_vocab, pair_min=0.2)
     acc.update(tiny.run(tok, ["blocks.1.attn.hook_pattern"])["blocks.1.attn.hook_pattern"], ctx)
     assert calls
