@@ -130,9 +130,9 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
         t1 = time.perf_counter()
         ctx = BatchContext.build(tok, mask, torch.tensor([x[0] for x in g]), torch.tensor([x[1] for x in g]),
                                  s.max_len, s.before, s.after)
-        for l in range(cfg.n_layers):
-            state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+        for l in reversed(range(cfg.n_layers)):  # newest first: the last MLP output may still be in cache
             state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
+            state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
         t2 = time.perf_counter()
         fwd.append(t1 - t0)
         upd.append(t2 - t1)

@@ -292,9 +292,9 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             ctx = BatchContext.build(tokens.to(device), mask.to(device), story.to(device), window.to(device),
                                      s.max_len, s.before, s.after)
             out = model.run(tokens, taps)
-            for l in range(cfg.n_layers):
-                state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+            for l in reversed(range(cfg.n_layers)):  # newest first: the last MLP output may still be in cache
                 state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
+                state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
             del out
             n_tok = len(ctx.rows)
             prog["sequences"] += len(group)
