@@ -130,3 +130,22 @@ def test_max_tokens_and_progress_output(model, stories_file, tmp_path, capsys):
     prog = json.loads(info)
     assert 300 <= prog["tokens"] < 300 + 31  # whole sequences, stops at the first past the limit
     assert os.path.getsize(path) > 0
+
+
+def test_fused_kernels_and_torch_path_write_the_same_book(model, stories_file, ref, tmp_path, monkeypatch):
+    """End to end on a 2-layer model: the torch path (the GPU path) writes the book the CPU kernels wrote
+    (``ref``): every neuron table, every example and pair exactly; head means to float precision (the
+    kernels sum them in float64, torch in float32)."""
+    from circuitbook.scan.heads import HeadAccumulator
+    from circuitbook.scan.neurons import NeuronAccumulator
+
+    monkeypatch.setattr(NeuronAccumulator, "kernels", "torch")
+    monkeypatch.setattr(HeadAccumulator, "kernels", "torch")
+    path = tmp_path / "torch.db"
+    scan_corpus(model, stories_file, path, batch_size=5, progress=False, **ARGS)
+    got = dump(Book.open(path))
+    for table in ("scan_neurons", "scan_examples", "scan_token_means", "scan_head_pairs"):
+        assert got[table] == ref[table], table
+    assert [r[:3] for r in got["scan_heads"]] == [r[:3] for r in ref["scan_heads"]]
+    for x, y in zip(got["scan_heads"], ref["scan_heads"]):
+        assert x[3:] == pytest.approx(y[3:], rel=1e-5, abs=1e-6)
