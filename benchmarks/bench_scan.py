@@ -67,18 +67,10 @@ def tensors(group):
 def tl_anchor(model, s):
     """TransformerLens run_with_cache (the MLP hook_post and attention patterns cached, nothing else) +
     a naive per-neuron top-k with context windows: returns step(group) -> tokens counted."""
-    import transformer_lens as tl
-
-    from circuitbook.model import to_transformer_lens
+    from circuitbook.model import to_hooked_transformer
 
     c = model.cfg
-    tcfg = tl.HookedTransformerConfig(
-        n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
-        d_vocab=c.d_vocab, act_fn="gelu_new", normalization_type="LN", use_attn_scale=False,
-        attn_types=c.attn_types, window_size=c.window, eps=c.eps, default_prepend_bos=False)
-    ht = tl.HookedTransformer(tcfg)
-    ht.load_state_dict(to_transformer_lens(model.weights), strict=False)
-    ht.eval()
+    ht = to_hooked_transformer(model.weights)
     k, before, after = s.k, s.before, s.after
     tops = [[] for _ in range(c.d_mlp)]  # per neuron: list of (value, window tokens, window acts)
 

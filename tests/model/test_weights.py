@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM
 
-from circuitbook.model import from_hf_model, load_model, log_probs, save_hf, to_transformer_lens
+from circuitbook.model import from_hf_model, load_model, log_probs, save_hf, to_hooked_transformer
 
 
 def random_neo(n_layers=2, d=128, heads=4, vocab=500, seed=0):
@@ -77,12 +77,7 @@ def test_transformer_lens_state_dict():
         pytest.skip("TransformerLens >= 4 removed HookedTransformer; the test extra pins 3.x")
     m = from_hf_model(random_neo(n_layers=1))
     c = m.cfg
-    tcfg = tl.HookedTransformerConfig(
-        n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
-        d_vocab=c.d_vocab, act_fn="gelu_new", normalization_type="LN", use_attn_scale=False,
-        attn_types=c.attn_types, window_size=c.window, eps=c.eps, default_prepend_bos=False)
-    ht = tl.HookedTransformer(tcfg)
-    ht.load_state_dict(to_transformer_lens(m.weights), strict=False)
+    ht = to_hooked_transformer(m.weights)
     toks = torch.randint(0, c.d_vocab, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = ht(toks).log_softmax(-1)

@@ -349,3 +349,21 @@ def to_transformer_lens(w: Weights) -> dict[str, Tensor]:
     if cfg.norm == "LN":
         sd["ln_final.b"] = w.lnf_b
     return {k: v.detach().clone() for k, v in sd.items()}
+
+
+
+def to_hooked_transformer(w: Weights):
+    """TransformerLens 3.x ``HookedTransformer`` holding these weights, for anchors and parity checks.
+    LayerNorm models with learned positions (GPT-Neo, GPT-2). Needs ``transformer_lens`` (the test extra)."""
+    import transformer_lens as tl
+
+    c = w.cfg
+    if c.norm != "LN" or c.positional == "rotary":
+        raise ValueError("to_hooked_transformer covers LayerNorm models with learned positions (GPT-Neo, GPT-2)")
+    tcfg = tl.HookedTransformerConfig(
+        n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
+        d_vocab=c.d_vocab, act_fn=c.act_fn, normalization_type="LN", use_attn_scale=c.attn_scale != 1.0,
+        attn_types=c.attn_types, window_size=c.window, eps=c.eps, default_prepend_bos=False)
+    ht = tl.HookedTransformer(tcfg)
+    ht.load_state_dict(to_transformer_lens(w), strict=False)
+    return ht.eval()
