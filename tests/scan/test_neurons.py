@@ -193,10 +193,10 @@ def test_fused_kernels_equal_the_torch_path_bit_for_bit(monkeypatch, cold):
         acts *= 1 + (s // 10)  # levels keep rising
         seqs.append((s, 0, ids, acts))
     accs = {}
-    for kernels in ("numba", "torch"):
-        monkeypatch.setattr(NeuronAccumulator, "kernels", kernels)
-        accs[kernels] = NeuronAccumulator(150, 6, 3, BEFORE + 1 + AFTER, 9)
-        feed(accs[kernels], seqs, batch=7)
+    for path in ("numba", "torch"):
+        monkeypatch.setattr(NeuronAccumulator, "kernels", path)
+        accs[path] = NeuronAccumulator(150, 6, 3, BEFORE + 1 + AFTER, 9)
+        feed(accs[path], seqs, batch=7)
     state_equal(accs["numba"], accs["torch"])
 
 
