@@ -126,7 +126,7 @@ def test_class_rules_resolve_through_the_books_typing(tmp_path):
     from circuitbook.book import Book
     from circuitbook.demo import build_demo
     from circuitbook.handcraft import token_classes_from_book
-    from circuitbook.typing.run import type_model
+    from circuitbook.roles.run import type_model
 
     demo = build_demo()
     book = Book.open(tmp_path / "b.db")

@@ -10,7 +10,7 @@ from circuitbook.scan.context import BatchContext
 from circuitbook.scan.histogram import level
 from circuitbook.scan.neurons import Q, NeuronAccumulator
 from circuitbook.scan.reservoir import priority
-from circuitbook.scan.topk import EMPTY_KEY, example_key
+from circuitbook.scan.mergeable_topk import EMPTY_KEY, example_key
 
 MAX_LEN, BEFORE, AFTER = 12, 3, 2
 

@@ -1,7 +1,7 @@
 import torch
 
 from circuitbook.scan.reservoir import N_BANDS, BandReservoir, band_range, priority
-from circuitbook.scan.topk import EMPTY_KEY
+from circuitbook.scan.mergeable_topk import EMPTY_KEY
 
 
 def test_priority_is_a_deterministic_spread_hash():

@@ -128,7 +128,7 @@ def typed_book(demo_book, tmp_path_factory):
     import shutil
 
     from circuitbook.errors import CircuitbookError
-    from circuitbook.typing.run import type_model
+    from circuitbook.roles.run import type_model
 
     demo, path = demo_book
     typed = tmp_path_factory.mktemp("typed") / "book.db"

@@ -3,7 +3,7 @@
 One analysis per module, each a pure function of the model returning small dataclasses of tensors:
 
     basis           processed float32 weights + tokens through the norm (Basis, make_basis, NormScales)
-    topk            chunked products with running per-row and global top-k (never a d_vocab^2 matrix)
+    screened_topk   chunked products with running per-row and global top-k (never a d_vocab^2 matrix)
     neuron_out      neuron -> logits (direct, and through later heads' OV)
     neuron_in       tokens -> neuron (from the embedding, and through each head's OV)
     direct_path     bigram table W_E -> W_U and the direct-path-only loss
@@ -34,7 +34,7 @@ from .ov import ov_matrix, ov_tops
 from .qk import PositionalQK, positional_qk, qk_matrix, qk_tops
 from .run import CircuitsSettings, CircuitsSummary, run_circuits
 from .skip_trigrams import SkipTrigrams, skip_trigrams
-from .topk import CircuitTops, Pairs, RowTops, chunked_tops
+from .screened_topk import CircuitTops, Pairs, RowTops, chunked_tops
 
 __all__ = [
     "Basis", "CircuitError", "NormScales", "make_basis", "measure_scales", "CompositionScores", "VirtualHead",

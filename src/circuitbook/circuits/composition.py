@@ -25,7 +25,7 @@ from torch import Tensor
 from .basis import make_basis
 from .eigen import EigenSummary, factored_eigenvalues, summarize
 from .ov import head_name
-from .topk import CircuitTops, factored_circuit_tops
+from .screened_topk import CircuitTops, factored_circuit_tops
 
 MODES = ("Q", "K", "V")
 

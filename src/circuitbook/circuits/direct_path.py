@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .basis import Basis, make_basis, normalize
-from .topk import Pairs, RowTops, chunked_tops, factored_row_fn
+from .screened_topk import Pairs, RowTops, chunked_tops, factored_row_fn
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ import dataclasses
 
 from torch import Tensor
 
-from .topk import RowTops
+from .screened_topk import RowTops
 
 
 @dataclasses.dataclass

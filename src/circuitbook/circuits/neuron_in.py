@@ -22,7 +22,7 @@ from torch import Tensor
 from ..model.forward import _act
 from .basis import CircuitError, make_basis
 from .effects import LayerEffects, TokenEffect, effect_from_vector
-from .topk import chunked_tops
+from .screened_topk import chunked_tops
 
 
 def input_paths(cfg, layer: int) -> list[tuple[int, int] | None]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .basis import CircuitError, make_basis
 from .effects import LayerEffects, TokenEffect, effect_from_vector
-from .topk import chunked_tops, factored_row_fn
+from .screened_topk import chunked_tops, factored_row_fn
 
 
 def output_paths(cfg, layer: int) -> list[tuple[int, int] | None]:

@@ -16,7 +16,7 @@ from typing import Callable
 from torch import Tensor
 
 from .basis import make_basis
-from .topk import CircuitTops, factored_circuit_tops
+from .screened_topk import CircuitTops, factored_circuit_tops
 
 
 def head_name(layer: int, head: int) -> str:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .basis import CircuitError, make_basis
 from .ov import head_name
-from .topk import CircuitTops, factored_circuit_tops
+from .screened_topk import CircuitTops, factored_circuit_tops
 
 
 def qk_factors(basis, layer: int, head: int) -> tuple[Tensor, Tensor]:

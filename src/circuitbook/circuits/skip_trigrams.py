@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .topk import CircuitTops
+from .screened_topk import CircuitTops
 
 
 @dataclasses.dataclass

@@ -35,8 +35,8 @@ def run(args) -> int:
 
     from ..book import Book
     from ..corpus import read_stories
-    from ..typing.classify import Settings
-    from ..typing.run import type_model
+    from ..roles.classify import Settings
+    from ..roles.run import type_model
 
     book = Book.open(args.book)
     corpus = _corpus(args, book)

@@ -27,8 +27,8 @@ def run_demo(out_dir: str | Path = "circuitbook-demo", seed: int = 0, echo=print
     from ..graph import ablate, attribute
     from ..handcraft import coverage_from_book, evaluate_spec, parse_spec
     from ..scan import scan_corpus
-    from ..typing.concepts import concept_search
-    from ..typing.run import type_model
+    from ..roles.concepts import concept_search
+    from ..roles.run import type_model
     from ..web.export import export_site
 
     out = Path(out_dir)
@@ -86,7 +86,7 @@ def run_demo(out_dir: str | Path = "circuitbook-demo", seed: int = 0, echo=print
     with redirect_stderr(io.StringIO()) if not progress else _null():
         tr = type_model(model, stories, book=book, progress=progress)
     echo("   " + tr.summary.table(n_rules=4, n_examples=3).replace("\n", "\n   "))
-    from ..book import typing as bt
+    from ..book import roles as bt
 
     types = {n: bt.unit_type(book, 0, n) for n in planted.values()}
     expect = {"pronoun_verb": "syntax", "article_noun": "syntax", "search": "content"}

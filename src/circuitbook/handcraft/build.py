@@ -40,7 +40,7 @@ from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replac
 # --------------------------------------------------------------------------- token sets and classes
 def token_classes_from_book(book) -> dict[str, list[int]]:
     """The book's token classes (from the typing stage), as {class name: [token ids]}; {} if none yet."""
-    from ..book import typing as typing_book
+    from ..book import roles as typing_book
 
     return typing_book.class_tokens(book)
 

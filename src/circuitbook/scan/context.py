@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .topk import example_key
+from .mergeable_topk import example_key
 
 
 @dataclasses.dataclass

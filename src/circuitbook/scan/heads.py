@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .context import BatchContext
 from .neurons import Q, use_kernels
-from .topk import TopK, topk_rows
+from .mergeable_topk import TopK, topk_rows
 
 STATS = ("bos", "self", "prev", "dist", "entropy")
 

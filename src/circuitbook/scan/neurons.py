@@ -28,7 +28,7 @@ from ..errors import CircuitbookError
 from .context import BatchContext
 from .histogram import HALF, PowerHistogram, level
 from .reservoir import BAND_SHIFT, N_BANDS, BandReservoir, priority
-from .topk import TopK, topk_rows
+from .mergeable_topk import TopK, topk_rows
 
 Q = 4096.0
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .histogram import HALF
-from .topk import EMPTY_KEY
+from .mergeable_topk import EMPTY_KEY
 
 BAND_SHIFT = 3
 N_BANDS = 2 * HALF >> BAND_SHIFT  # 16: 8 per sign

@@ -37,7 +37,7 @@ from ..model.memory import keep_freed_memory
 from .context import BatchContext
 from .heads import STATS, HeadAccumulator
 from .neurons import NeuronAccumulator, use_kernels
-from .topk import EMPTY_KEY, split_key
+from .mergeable_topk import EMPTY_KEY, split_key
 
 SCAN_VERSION = 1
 CHECKPOINT_RATIO = 50  # scan at least this many times as long as the last checkpoint took before the next

@@ -105,7 +105,7 @@ def _scan_summary(book: Book) -> dict:
 
 def _typing_summary(book: Book) -> dict:
     """Neurons: their type (syntax / content / mixed / unclear) and rule ("PRON -> VERB") as the class."""
-    from ..book import typing as t
+    from ..book import roles as t
 
     return {("neuron", r["layer"], r["idx"]): {"type": r["type"], "cls": r["rule"]} for r in t.unit_types(book)}
 

@@ -207,10 +207,10 @@ class Site:
 
 def _concept_search(site: "Site"):
     """fn(words) -> hits from the typing stage, or None when it cannot run here: the book's own
-    ``book.typing.concept_search(book, words)`` if the stage provides one, else (with a model loaded)
-    ``typing.concepts.concept_search(model, words, token_means=<the book's per-token means>)``."""
+    ``book.roles.concept_search(book, words)`` if the stage provides one, else (with a model loaded)
+    ``roles.concepts.concept_search(model, words, token_means=<the book's per-token means>)``."""
     try:
-        from ..book import typing as bt
+        from ..book import roles as bt
     except ImportError:
         return None
     if hasattr(bt, "concept_search"):
@@ -218,7 +218,7 @@ def _concept_search(site: "Site"):
     if site.model is None or site.static:
         return None
     try:
-        from ..typing.concepts import concept_search
+        from ..roles.concepts import concept_search
     except ImportError:
         return None
     if getattr(site, "_token_acts", None) is None:  # [n_units, N] means: read once, reused by every search

@@ -1,6 +1,6 @@
 import torch
 
-from circuitbook.scan.topk import EMPTY_KEY, TopK, merge_best, topk_rows
+from circuitbook.scan.mergeable_topk import EMPTY_KEY, TopK, merge_best, topk_rows
 
 
 def brute(row, k):

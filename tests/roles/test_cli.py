@@ -31,10 +31,10 @@ def test_bad_input(tmp_path, capsys, demo):
     empty.write_text("\n\n")
     assert main(["type", str(d), "--book", str(book), "--corpus", str(empty)]) == 2
     from circuitbook.book import Book
-    from circuitbook.book.typing import find_concept
+    from circuitbook.book.roles import find_concept
 
     import pytest
-    from circuitbook.typing.concepts import ConceptError
+    from circuitbook.roles.concepts import ConceptError
 
     with pytest.raises(ConceptError):
         find_concept(Book.open(book), demo.model, "zebra giraffe")

@@ -6,7 +6,7 @@ from math import comb, log
 
 import numpy as np
 
-from circuitbook.typing.enrichment import bh, enrichment
+from circuitbook.roles.enrichment import bh, enrichment
 
 
 def test_hypergeometric_p_and_log_odds_brute_force():

@@ -2,7 +2,7 @@
 
 import torch
 
-from circuitbook.circuits.topk import chunked_tops, factored_circuit_tops, factored_row_fn
+from circuitbook.circuits.screened_topk import chunked_tops, factored_circuit_tops, factored_row_fn
 
 
 def _dense_pairs(M, n, largest):
@@ -49,7 +49,7 @@ def test_factored_circuit_tops_and_progress():
 
 
 def test_bf16_screening_is_exact_including_fallback_rows():
-    from circuitbook.circuits.topk import fast_factored_tops
+    from circuitbook.circuits.screened_topk import fast_factored_tops
 
     g = torch.Generator().manual_seed(1)
     A, B = torch.randn(300, 16, generator=g), torch.randn(16, 700, generator=g)

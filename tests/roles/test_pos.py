@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from circuitbook.model.tokenizer import Tokenizer
-from circuitbook.typing.pos import CLASSES, align, load_tagger, tagged, token_classes, token_spans
+from circuitbook.roles.pos import CLASSES, align, load_tagger, tagged, token_classes, token_spans
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_alignment_tricky_bpe_cases(gpt2, nlp):
 def test_alignment_matches_tagger_on_whole_words(gpt2, nlp, stories_path):
     """Where a BPE token is exactly one spaCy word, its class is that word's class (brute force check)."""
     from circuitbook.corpus import read_stories
-    from circuitbook.typing.pos import upos_class
+    from circuitbook.roles.pos import upos_class
 
     text = next(iter(read_stories(stories_path)))
     doc = nlp(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from circuitbook.typing.classify import select
+from circuitbook.roles.classify import select
 
 
 def test_typing_recovers_planted_neurons_exactly(demo_typed):
@@ -30,7 +30,7 @@ def test_typing_recovers_planted_neurons_exactly(demo_typed):
 
 
 def test_types_stored_and_queryable(demo_typed):
-    from circuitbook.book import typing as bt
+    from circuitbook.book import roles as bt
 
     demo, book, res = demo_typed
     t = demo.truth
@@ -50,7 +50,7 @@ def test_types_stored_and_queryable(demo_typed):
 
 
 def test_rerun_uses_caches(demo_typed, monkeypatch):
-    from circuitbook.typing import run as run_mod
+    from circuitbook.roles import run as run_mod
 
     demo, book, res = demo_typed
     monkeypatch.setattr(run_mod, "token_classes", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retagged")))

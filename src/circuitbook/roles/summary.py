@@ -40,7 +40,7 @@ def _fmt(toks) -> str:
 
 
 def summarize(types, n_examples: int = 10) -> Summary:
-    """types: list of typing.classify.UnitType."""
+    """types: list of roles.classify.UnitType."""
     counts = Counter(t.type for t in types)
     by_rule: dict[str, list] = {}
     for t in sorted(types, key=lambda t: -t.score):

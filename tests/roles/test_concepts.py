@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuitbook.typing.concepts import ConceptError, concept_search, concept_tokens
+from circuitbook.roles.concepts import ConceptError, concept_search, concept_tokens
 
 
 def test_concept_tokens_inflections():
@@ -35,7 +35,7 @@ def test_concept_search_finds_the_search_neuron(demo):
 
 
 def test_concept_search_from_token_means(demo_typed):
-    from circuitbook.book import typing as bt
+    from circuitbook.book import roles as bt
 
     demo, book, _ = demo_typed
     res = concept_search(demo.model, "looked searched hunted", None, k=5, token_means=bt.token_acts(book))

@@ -14,7 +14,7 @@ def demo():
 def demo_typed(demo, tmp_path_factory):
     """The demo typed into a book (one run shared by the tests)."""
     from circuitbook.book import Book
-    from circuitbook.typing.run import type_model
+    from circuitbook.roles.run import type_model
 
     path = tmp_path_factory.mktemp("typing") / "demo.db"
     book = Book.open(path)

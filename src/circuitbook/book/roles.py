@@ -3,7 +3,7 @@
 Tables
   typing_token_classes (token_id PK, n, class, tag, counts)
       how each vocabulary token is used in the corpus: n occurrences, dominant class (one of
-      ``typing.pos.CLASSES``), dominant fine tag, counts = JSON list of occurrences per class in CLASSES order.
+      ``roles.pos.CLASSES``), dominant fine tag, counts = JSON list of occurrences per class in CLASSES order.
       Only tokens seen at least once. Meta ``typing_classes`` records the tagger, corpus hash, n_stories, n_tokens.
   typing_token_acts (token_id PK, n, means)
       mean activation of every neuron over the corpus positions holding the token (BOS excluded): ``means`` is
@@ -11,7 +11,7 @@ Tables
       tokens only. Meta ``typing_acts`` records the corpus hash and universe size.
   typing_units (layer, idx PK, type, rule, confidence, score, evidence)
       the verdict for each neuron: type in syntax/content/mixed/unclear, rule ("PRON -> VERB" or ""),
-      confidence in [0, 1], score (-log10 q; ranks the strongest), evidence JSON (see typing.classify).
+      confidence in [0, 1], score (-log10 q; ranks the strongest), evidence JSON (see roles.classify).
       Meta ``typing_settings`` records the settings of the run that wrote them.
 
 Query API (the web and notebooks read these): ``token_classes``, ``unit_type``, ``unit_types``, ``rules``,
@@ -48,8 +48,8 @@ MIGRATIONS = [
 
 # ------------------------------------------------------------------ token classes
 def store_token_classes(book: Book, tc) -> None:
-    """Replace the cached token classes with ``tc`` (a typing.pos.TokenClasses)."""
-    from ..typing.pos import CLASSES
+    """Replace the cached token classes with ``tc`` (a roles.pos.TokenClasses)."""
+    from ..roles.pos import CLASSES
 
     n = tc.n
     dom = tc.dominant
@@ -65,7 +65,7 @@ def store_token_classes(book: Book, tc) -> None:
 def load_token_classes(book: Book, d_vocab: int, source: dict | None = None):
     """The cached TokenClasses, or None if absent or made from another corpus/tagger (``source`` keys that
     must match, e.g. {"corpus": hash, "tagger": id})."""
-    from ..typing.pos import CLASSES, TokenClasses
+    from ..roles.pos import CLASSES, TokenClasses
 
     meta = book.get_meta("typing_classes")
     if meta is None or any(meta.get(k) != v for k, v in (source or {}).items()):
@@ -89,7 +89,7 @@ def class_tokens(book: Book) -> dict[str, list[int]]:
 
 def token_classes(book: Book, token_ids=None) -> dict[int, dict]:
     """{token id: {"str", "n", "class", "tag", "profile": {class: share}}} for the given ids (default: all seen)."""
-    from ..typing.pos import CLASSES
+    from ..roles.pos import CLASSES
 
     strs = book.token_strs()
     q = "SELECT token_id, n, class, tag, counts FROM typing_token_classes"
@@ -136,7 +136,7 @@ def token_acts(book: Book, token_ids=None, source: dict | None = None):
 
 # ------------------------------------------------------------------ unit types
 def store_types(book: Book, types, settings: dict) -> None:
-    """Replace every neuron's type with ``types`` (list of typing.classify.UnitType)."""
+    """Replace every neuron's type with ``types`` (list of roles.classify.UnitType)."""
     with book.transaction() as c:
         c.execute("DELETE FROM typing_units")
         c.executemany("INSERT INTO typing_units VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -227,9 +227,9 @@ register_component(Component("typing", MIGRATIONS, read_unit=read_unit, render_h
 
 # ------------------------------------------------------------------ summary and concept search over a book
 def summary(book: Book):
-    """The model table (typing.summary.Summary) of the stored types."""
-    from ..typing.classify import UnitType
-    from ..typing.summary import summarize
+    """The model table (roles.summary.Summary) of the stored types."""
+    from ..roles.classify import UnitType
+    from ..roles.summary import summarize
 
     return summarize([UnitType(d["layer"], d["idx"], d["type"], d["rule"], d["confidence"], d["score"],
                                d["evidence"]) for d in unit_types(book, evidence=True)])
@@ -237,14 +237,14 @@ def summary(book: Book):
 
 def find_concept(book: Book, model, words, corpus: str | None = None, k: int = 10, exact: bool = False,
                  max_windows: int = 128):
-    """Concept search (typing.concepts.concept_search) with the book's corpus and typing universe.
+    """Concept search (roles.concepts.concept_search) with the book's corpus and typing universe.
 
     corpus: stories file (default: the one recorded by ``circuitbook type``); without any corpus the input side
     falls back to the book's per-token activation means."""
     from pathlib import Path
 
     from ..corpus import read_stories
-    from ..typing.concepts import concept_search
+    from ..roles.concepts import concept_search
 
     path = corpus or book.get_meta("typing_corpus_path")
     stories = list(read_stories(path)) if path and Path(path).is_file() else None

@@ -51,7 +51,7 @@ def type_model(model, stories, book=None, settings: Settings | None = None, min_
         book.bind_model(model)
     tc = None
     if book is not None:
-        from ..book import typing as bt
+        from ..book import roles as bt
 
         tc = bt.load_token_classes(book, model.cfg.d_vocab, {"corpus": corpus})
     if tc is None:

@@ -9,7 +9,7 @@ import pytest
 
 from circuitbook.book import Book
 from circuitbook.corpus import read_stories
-from circuitbook.typing.run import type_model
+from circuitbook.roles.run import type_model
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_ts1l_typing_subset(ts1l, stories_path, tmp_path):
     assert sum(res.summary.counts.values()) == 2048
     u = {t.idx: t for t in res.types}[1593]
     assert u.type in ("syntax", "mixed") and u.rule.split(" -> ")[0] == "DET" and "NOUN" in u.rule
-    from circuitbook.book import typing as bt
+    from circuitbook.book import roles as bt
 
     assert bt.unit_type(book, 0, 1593)["rule"] == u.rule
     assert len(bt.unit_types(book)) == 2048
