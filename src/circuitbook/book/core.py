@@ -8,13 +8,16 @@ Each stage owns its own tables in its own module (``book/scan.py``...) and regis
 ``schema_version``) and optional unit readers/renderers. ``Book.open`` applies whatever is missing, so
 an old book upgrades in place and every schema change is a new migration, never an edit.
 
-Units are keyed (kind, layer, idx) with kind "neuron" or "head"; ``idx`` is the neuron index in
-[0, d_mlp) or the head index in [0, n_heads).
+Units are keyed (kind, layer, idx) with kind a registered unit kind (``circuitbook.units``: "neuron",
+"head", ...); ``idx`` is the unit's index in its layer ([0, d_mlp) for neurons, [0, n_heads) for heads).
+The kind is checked against the registry in Python, not by the schema (migration 2 dropped the original
+``CHECK (kind IN ('neuron', 'head'))``), so a new kind needs no schema change.
 """
 
 from __future__ import annotations
 
 from ..errors import CircuitbookError
+from ..units import UnitError, UnitRef, all_units, kind_names, unit_kind
 
 import contextlib
 import dataclasses
@@ -48,6 +51,20 @@ CORE_MIGRATIONS = [
         started REAL NOT NULL, finished REAL, status TEXT NOT NULL DEFAULT 'running', summary TEXT
     );
     """,
+    # 2: unit kinds come from the registry (circuitbook.units), so the kind column has no fixed CHECK list
+    """
+    CREATE TABLE units_v2 (
+        kind TEXT NOT NULL, layer INTEGER NOT NULL, idx INTEGER NOT NULL,
+        label TEXT NOT NULL DEFAULT '', notes TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'none'
+            CHECK (status IN ('none', 'hypothesis', 'supported', 'refuted', 'confirmed')),
+        updated REAL,
+        PRIMARY KEY (kind, layer, idx)
+    );
+    INSERT INTO units_v2 SELECT kind, layer, idx, label, notes, status, updated FROM units;
+    DROP TABLE units;
+    ALTER TABLE units_v2 RENAME TO units;
+    """,
 ]
 STATUSES = ("none", "hypothesis", "supported", "refuted", "confirmed")
 
@@ -76,7 +93,7 @@ def register_component(component: Component) -> None:
 
 @dataclasses.dataclass
 class Unit:
-    """One neuron or head as the book knows it: the user's label/notes/status and each stage's section."""
+    """One unit (neuron, head, ... see circuitbook.units) as the book knows it: the user's label/notes/status and each stage's section."""
 
     kind: str
     layer: int
@@ -88,7 +105,11 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return f"{'N' if self.kind == 'neuron' else 'H'}{self.layer}.{self.idx}"
+        return unit_kind(self.kind).key(self.layer, self.idx)
+
+    @property
+    def ref(self) -> UnitRef:
+        return UnitRef(self.kind, self.layer, self.idx)
 
     def __getitem__(self, section: str) -> Any:
         return self.sections[section]
@@ -243,13 +264,15 @@ class Book:
 
     # ------------------------------------------------------------------ units, labels, notes
     def _check_unit(self, kind: str, layer: int, idx: int) -> None:
+        if kind not in kind_names():
+            names = [repr(k) for k in kind_names()]
+            raise BookError(f"unit kind must be {', '.join(names[:-1])} or {names[-1]}, not {kind!r}")
         cfg = self.config
-        if kind not in ("neuron", "head"):
-            raise BookError(f"unit kind must be 'neuron' or 'head', not {kind!r}")
         if cfg is not None:
-            size = cfg["d_mlp"] if kind == "neuron" else cfg["n_heads"]
-            if not (0 <= layer < cfg["n_layers"] and 0 <= idx < size):
-                raise BookError(f"no {kind} {layer}.{idx} in a model with {cfg['n_layers']} layers x {size}")
+            try:
+                unit_kind(kind).check(cfg, layer, idx)
+            except UnitError as e:
+                raise BookError(str(e)) from None
 
     def unit(self, kind: str, layer: int, idx: int) -> Unit:
         self._check_unit(kind, layer, idx)
@@ -295,16 +318,14 @@ class Book:
             "SELECT * FROM label_history WHERE kind=? AND layer=? AND idx=? ORDER BY id", (kind, layer, idx))]
 
     def units(self, kind: str | None = None, layer: int | None = None) -> Iterator[tuple[str, int, int]]:
-        """Every (kind, layer, idx) of the bound model, in order (neurons then heads)."""
+        """Every (kind, layer, idx) of the bound model, in order (kinds in registry order: neurons, heads...)."""
         cfg = self.config
         if cfg is None:
             raise BookError("the book is not bound to a model yet (run a scan or circuits first)")
-        for k in ("neuron", "head"):
-            if kind in (None, k):
-                for l in range(cfg["n_layers"]):
-                    if layer in (None, l):
-                        for i in range(cfg["d_mlp"] if k == "neuron" else cfg["n_heads"]):
-                            yield k, l, i
+        if kind is not None and kind not in kind_names():
+            self._check_unit(kind, 0, 0)
+        for u in all_units(cfg, kind, layer):
+            yield u.astuple()
 
 
 def _statements(script: str) -> list[str]:
