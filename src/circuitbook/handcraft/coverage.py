@@ -20,8 +20,9 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 from ..model import Model
+from ..units import all_units, unit_kinds
 from .evaluate import mean_loss, recovered
-from .splice import UnitMeans, ablate_units, unit_means
+from .splice import WEIGHT_ABLATORS, UnitMeans, ablate_units, unit_means
 
 
 @dataclasses.dataclass
@@ -72,24 +73,24 @@ class Coverage:
 def coverage(model: Model, units: Iterable[tuple[str, int, int, str]], corpus_batches: Callable[[], Iterable],
              mode: str = "mean", means: UnitMeans | None = None, per_label: bool = True, max_labels: int = 30,
              progress: bool = False) -> Coverage:
-    """Loss recovered by keeping only ``units`` ((kind, layer, idx, label); kind "neuron" or "head").
+    """Loss recovered by keeping only ``units`` ((kind, layer, idx, label); a unit kind of the model with a
+    weight ablator: "neuron" or "head").
 
     ``corpus_batches``: callable returning a fresh iterable of Batch (read once per kept set, plus once
     for the means)."""
     w = model.weights
     cfg = w.cfg
     units = [(k, int(l), int(i), str(lab)) for k, l, i, lab in units]
-    every = [("neuron", l, i) for l in range(cfg.n_layers) for i in range(cfg.d_mlp)] + \
-            [("head", l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    kinds = [k for k in unit_kinds() if k.name in WEIGHT_ABLATORS]
+    every = [u.astuple() for k in kinds for u in all_units(cfg, k.name)]
     if mode == "mean" and means is None:
         means = unit_means(w, corpus_batches(), progress)
 
     def loss_keeping(keep: set) -> tuple[float, int]:
         return mean_loss(ablate_units(w, [u for u in every if u not in keep], mode, means), corpus_batches())
 
-    sets: list[tuple[str, str, set]] = [("all labelled", "all", {u[:3] for u in units}),
-                                        ("neurons", "type", {u[:3] for u in units if u[0] == "neuron"}),
-                                        ("heads", "type", {u[:3] for u in units if u[0] == "head"})]
+    sets: list[tuple[str, str, set]] = [("all labelled", "all", {u[:3] for u in units})]
+    sets += [(f"{k.title}s", "type", {u[:3] for u in units if u[0] == k.name}) for k in kinds]
     if per_label:
         by = defaultdict(set)
         for k, l, i, lab in units:

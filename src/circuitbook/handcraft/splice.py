@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CircuitbookError
 from ..model import Model, Weights, run, save_hf
+from ..units import UnitError, unit_kind
 
 
 class SpliceError(CircuitbookError, ValueError):
@@ -201,33 +202,49 @@ def ablate_embedding(weights: Weights, mode: str = "zero", means: UnitMeans | No
     return w
 
 
+# kind name -> fn(weights, layer, idx list, mode, means) -> Weights: how each unit kind is ablated in the
+# weights ("embed" is the direct path's token identity, not a unit). A new unit kind registers its own.
+WEIGHT_ABLATORS: dict[str, Callable[..., Weights]] = {}
+
+
+def register_weight_ablator(kind: str, fn: Callable[..., Weights]) -> None:
+    """Teach :func:`ablate_units` to ablate units of ``kind`` (a duplicate registration is an error)."""
+    if kind in WEIGHT_ABLATORS:
+        raise SpliceError(f"a weight ablator for {kind!r} is already registered")
+    WEIGHT_ABLATORS[kind] = fn
+
+
 def ablate_units(weights: Weights, units: Iterable[tuple[str, int, int]], mode: str,
                  means: UnitMeans | None = None) -> Weights:
-    """Ablate a mix of ("neuron", layer, idx), ("head", layer, idx) and ("embed", 0, 0) units."""
+    """Ablate a mix of units ((kind, layer, idx) of any kind with a registered weight ablator: "neuron",
+    "head", ...) and ("embed", 0, 0)."""
     by: dict[tuple[str, int], list[int]] = {}
     for kind, layer, idx in units:
         by.setdefault((kind, layer), []).append(idx)
     w = weights
     for (kind, layer), idx in sorted(by.items()):
-        if kind == "neuron":
-            w = ablate_neurons(w, layer, idx, mode, means)
-        elif kind == "head":
-            w = ablate_heads(w, layer, idx, mode, means)
-        elif kind == "embed":
-            w = ablate_embedding(w, mode, means)
-        else:
-            raise SpliceError(f"unknown unit kind {kind!r}")
+        fn = WEIGHT_ABLATORS.get(kind)
+        if fn is None:
+            raise SpliceError(f"cannot ablate units of kind {kind!r} in the weights "
+                              f"(ablatable: {', '.join(WEIGHT_ABLATORS)})")
+        w = fn(w, layer, idx, mode, means)
     return w if w is not weights else weights.clone()
 
 
 def resample_interventions(units: Iterable[tuple[str, int, int]], seed: int = 0) -> dict:
-    """Forward interventions that resample-ablate neurons / heads: each position gets the unit's value
-    from a random position of the same batch (a fresh permutation per call, seeded)."""
+    """Forward interventions that resample-ablate units of any kind: each position gets the unit's value
+    (along the kind's unit axis of its tap) from a random position of the same batch (a fresh permutation
+    per call, seeded)."""
     g = torch.Generator().manual_seed(seed)
-    by: dict[str, list[int]] = {}
+    by: dict[tuple[str, int], list[int]] = {}
     for kind, layer, idx in units:
-        name = f"blocks.{layer}.mlp.hook_post" if kind == "neuron" else f"blocks.{layer}.attn.hook_z"
-        by.setdefault(name, []).append(idx)
+        try:
+            k = unit_kind(kind)
+        except UnitError as e:
+            raise SpliceError(str(e)) from None
+        if k.unit_axis != 2:
+            raise SpliceError(f"resampling needs units on axis 2 of [batch, pos, ...]; {kind} uses {k.unit_axis}")
+        by.setdefault((k.tap_name(layer), k.unit_axis), []).append(idx)
 
     def make(idx):
         def fn(x):
@@ -239,7 +256,7 @@ def resample_interventions(units: Iterable[tuple[str, int, int]], seed: int = 0)
             return flat.reshape(x.shape)
         return fn
 
-    return {name: make(torch.tensor(idx)) for name, idx in by.items()}
+    return {name: make(torch.tensor(idx)) for (name, _), idx in by.items()}
 
 
 def save_checkpoint(weights: Weights, model: Model, out_dir: str | Path) -> Path:
@@ -248,3 +265,8 @@ def save_checkpoint(weights: Weights, model: Model, out_dir: str | Path) -> Path
         return save_hf(model.with_weights(weights), out_dir)
     except ValueError as e:
         raise SpliceError(f"cannot export these weights: {e}") from None
+
+
+register_weight_ablator("neuron", ablate_neurons)
+register_weight_ablator("head", ablate_heads)
+register_weight_ablator("embed", lambda w, layer, idx, mode, means: ablate_embedding(w, mode, means))
