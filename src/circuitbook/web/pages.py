@@ -21,9 +21,9 @@ from markupsafe import Markup
 from ..book import STATUSES, Book, BookError
 from ..book import render
 from ..errors import CircuitbookError
+from ..units import UnitError, kind_names, unit_kind, unit_kinds
 from .index import LABEL_FILTERS, Row, filter_rows, index_rows
 
-KINDS = ("neuron", "head")
 _INT = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -32,19 +32,22 @@ class NotFound(CircuitbookError, LookupError):
 
 
 def parse_unit(kind: str, layer: str | int, idx: str | int, cfg: dict | None) -> tuple[str, int, int]:
-    """Validate a unit address from a URL: kind in KINDS, layer and idx non-negative ints in range."""
-    if kind not in KINDS:
-        raise NotFound(f"no such unit kind {kind!r} (expected 'neuron' or 'head')")
+    """Validate a unit address from a URL: a registered unit kind, layer and idx non-negative ints in range."""
+    try:
+        spec = unit_kind(kind)
+    except UnitError:
+        raise NotFound(f"no such unit kind {kind!r} (expected one of {', '.join(map(repr, kind_names()))})") from None
     for name, v in (("layer", layer), ("index", idx)):
         if not _INT.match(str(v)):
             raise NotFound(f"{kind} {name} must be a non-negative integer, not {str(v)[:40]!r}")
     layer, idx = int(layer), int(idx)
     if cfg is not None:
-        size = cfg["d_mlp"] if kind == "neuron" else cfg["n_heads"]
-        if layer >= cfg["n_layers"]:
-            raise NotFound(f"no layer {layer}: the model has {cfg['n_layers']} layer(s) (0..{cfg['n_layers'] - 1})")
+        n_layers = spec.layers(cfg)
+        if layer >= n_layers:
+            raise NotFound(f"no layer {layer}: the model has {n_layers} layer(s) (0..{n_layers - 1})")
+        size = spec.count(cfg, layer)
         if idx >= size:
-            raise NotFound(f"no {kind} {idx} in layer {layer}: the model has {size} {kind}s per layer "
+            raise NotFound(f"no {kind} {idx} in layer {layer}: the model has {size} {spec.title}s per layer "
                            f"(0..{size - 1})")
     return kind, layer, idx
 
@@ -71,6 +74,11 @@ class Site:
     def unit_url(self, kind: str, layer: int, idx: int, depth: int = 0) -> str:
         return f"{self.root(depth)}{kind}/{layer}/{idx}" + (".html" if self.static else "")
 
+    @property
+    def kinds(self) -> list[tuple[str, str]]:
+        """(name, title) of every registered unit kind, for the index's kind filter."""
+        return [(k.name, k.title) for k in unit_kinds()]
+
     def index_url(self, depth: int = 0) -> str:
         return self.root(depth) + ("index.html" if self.static else "")
 
@@ -95,7 +103,7 @@ class Site:
     def index_page(self, q: str = "", kind: str = "", layer: str = "", type: str = "", cls: str = "",
                    label: str = "any", concept: str = "", limit: int = 500, offset: int = 0) -> str:
         rows = self.rows(fresh=not self.static)
-        if kind and kind not in KINDS:
+        if kind and kind not in kind_names():
             raise NotFound(f"no such unit kind {kind!r}")
         if label not in LABEL_FILTERS and label:
             raise NotFound(f"label filter must be one of {LABEL_FILTERS}")
@@ -166,8 +174,8 @@ class Site:
         ctx = self.ctx(2)
         sections = [Markup(h) for h in render.unit_sections_html(unit, ctx)]
         history = [] if self.static else self.book.label_history(kind, layer, idx)[-20:][::-1]
-        cfg = self.book.config or {}
-        size = cfg.get("d_mlp" if kind == "neuron" else "n_heads")
+        cfg = self.book.config
+        size = unit_kind(kind).count(cfg, layer) if cfg is not None else None
         prev_url = self.unit_url(kind, layer, idx - 1, 2) if idx > 0 else None
         next_url = self.unit_url(kind, layer, idx + 1, 2) if size is None or idx + 1 < size else None
         return self._page("unit.html", 2, unit=unit, sections=sections, statuses=STATUSES, history=history,
