@@ -112,3 +112,26 @@ def test_book_made_before_the_registry_upgrades(tmp_path):
         assert book.unit("probe", 0, 1).label == "new kind"
     finally:
         U.unregister_unit_kind("probe")
+
+
+def test_a_component_can_say_how_many_units_a_kind_has(tmp_path):
+    """Kinds whose size is not in the model config (dictionary features) count from a component's context."""
+    from circuitbook.book.core import _COMPONENTS, Component, register_component
+
+    U.register_unit_kind(U.UnitKind(name="probe", letter="P", title="probe",
+                                    count=lambda ctx, g: ctx["probe_sizes"][g],
+                                    layers=lambda ctx: len(ctx["probe_sizes"]),
+                                    tap="blocks.{layer}.mlp.hook_post", unit_axis=2, writes="", write_weights=None,
+                                    stats="activation", order=2, sublayer=2))
+    register_component(Component("probe_test", [], unit_context=lambda book: {"probe_sizes": [3, 2]}))
+    try:
+        book = Book.open(tmp_path / "b.db")
+        book.bind_model(build_demo().model)
+        assert list(book.units("probe")) == [("probe", 0, 0), ("probe", 0, 1), ("probe", 0, 2),
+                                             ("probe", 1, 0), ("probe", 1, 1)]
+        book.set_label("probe", 1, 1, label="ok")
+        with pytest.raises(BookError, match="no probe 1.2"):
+            book.unit("probe", 1, 2)
+    finally:
+        U.unregister_unit_kind("probe")
+        _COMPONENTS.pop("probe_test")

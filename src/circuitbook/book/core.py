@@ -81,6 +81,9 @@ class Component:
     read_unit: Callable[["Book", str, int, int], Any] | None = None
     # render_html(section) -> HTML fragment for notebooks (escaped by the renderer)
     render_html: Callable[[Any], str] | None = None
+    # unit_context(book) -> dict merged into the model config that unit kinds count from (a stage whose
+    # units are not fixed by the model, e.g. dictionary features, says here how many there are)
+    unit_context: Callable[["Book"], dict] | None = None
 
 
 _COMPONENTS: dict[str, Component] = {"core": Component("core", CORE_MIGRATIONS)}
@@ -248,6 +251,18 @@ class Book:
     def config(self) -> dict | None:
         return self.get_meta("model_config")
 
+    def unit_context(self) -> dict | None:
+        """What unit kinds count from (``UnitKind.count(ctx, layer)``): the model config plus what each
+        component contributes (``Component.unit_context``); None while the book has no model."""
+        cfg = self.config
+        if cfg is None:
+            return None
+        ctx = dict(cfg)
+        for comp in _COMPONENTS.values():
+            if comp.unit_context is not None:
+                ctx.update(comp.unit_context(self))
+        return ctx
+
     # ------------------------------------------------------------------ runs
     def start_run(self, stage: str, settings: dict) -> int:
         cur = self.conn.execute("INSERT INTO runs (stage, settings, started) VALUES (?, ?, ?)",
@@ -267,7 +282,7 @@ class Book:
         if kind not in kind_names():
             names = [repr(k) for k in kind_names()]
             raise BookError(f"unit kind must be {', '.join(names[:-1])} or {names[-1]}, not {kind!r}")
-        cfg = self.config
+        cfg = self.unit_context()
         if cfg is not None:
             try:
                 unit_kind(kind).check(cfg, layer, idx)
@@ -319,7 +334,7 @@ class Book:
 
     def units(self, kind: str | None = None, layer: int | None = None) -> Iterator[tuple[str, int, int]]:
         """Every (kind, layer, idx) of the bound model, in order (kinds in registry order: neurons, heads...)."""
-        cfg = self.config
+        cfg = self.unit_context()
         if cfg is None:
             raise BookError("the book is not bound to a model yet (run a scan or circuits first)")
         if kind is not None and kind not in kind_names():
