@@ -108,6 +108,8 @@ class Unit:
     notes: str = ""
     status: str = "none"
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the book's token strings (set by Book.unit) so the notebook view names token ids as the web does
+    token_strs: list[str] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -118,9 +120,9 @@ class Unit:
 
     def _repr_html_(self) -> str:
         """The same view as the web page's sections (book.render.unit_html), inline in a notebook."""
-        from .render import unit_html
+        from .render import Ctx, unit_html
 
-        return unit_html(self)
+        return unit_html(self, Ctx(token_strs=self.token_strs))
 
 
 class Book:
@@ -305,7 +307,7 @@ class Book:
 
     def unit(self, kind: str, layer: int, idx: int) -> Unit:
         self._check_unit(kind, layer, idx)
-        u = Unit(kind, layer, idx, *self.unit_label(kind, layer, idx))
+        u = Unit(kind, layer, idx, *self.unit_label(kind, layer, idx), token_strs=self.token_strs() or None)
         for name, comp in _COMPONENTS.items():
             if comp.read_unit is not None:
                 sec = comp.read_unit(self, kind, layer, idx)
