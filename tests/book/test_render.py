@@ -6,7 +6,8 @@ import html
 import re
 from html.parser import HTMLParser
 
-from circuitbook.book import Book
+from circuitbook.book import Book, Component, register_component
+from circuitbook.book.core import unregister_component
 from circuitbook.book import render
 
 
@@ -81,11 +82,11 @@ def test_value_html_recognises_shapes_and_escapes():
 
 
 def test_section_html_survives_a_broken_renderer():
-    render.RENDERERS["broken"] = lambda sec, ctx: 1 / 0
+    register_component(Component("broken", [], render_html=lambda sec, ctx: 1 / 0))
     try:
         out = render.section_html("broken", {"a": 1})
     finally:
-        del render.RENDERERS["broken"]
+        unregister_component("broken")
     assert "view failed: ZeroDivisionError" in out and "<table class='cb-kv'>" in out
 
 

@@ -31,6 +31,7 @@ def test_typing_recovers_planted_neurons_exactly(demo_typed):
 
 def test_types_stored_and_queryable(demo_typed):
     from circuitbook.book import roles as bt
+    from circuitbook.roles.summary import book_summary
 
     demo, book, res = demo_typed
     t = demo.truth
@@ -45,7 +46,7 @@ def test_types_stored_and_queryable(demo_typed):
     assert "content" in book.neuron(0, t["search"])._repr_html_()
     tc = bt.token_classes(book, [demo.model.tokenizer.to_id("Ġlooked")])
     assert list(tc.values())[0]["class"] == "VERB"
-    assert bt.summary(book).counts == res.summary.counts
+    assert book_summary(book).counts == res.summary.counts
     assert "PRON -> VERB" in res.summary.table()
 
 

@@ -31,7 +31,7 @@ def test_bad_input(tmp_path, capsys, demo):
     empty.write_text("\n\n")
     assert main(["type", str(d), "--book", str(book), "--corpus", str(empty)]) == 2
     from circuitbook.book import Book
-    from circuitbook.book.roles import find_concept
+    from circuitbook.roles.concepts import find_concept
 
     import pytest
     from circuitbook.roles.concepts import ConceptError

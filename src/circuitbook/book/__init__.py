@@ -4,9 +4,10 @@ Stage modules register their tables by importing ``register_component``; importi
 every component known whenever the book is opened.
 """
 
-from .core import STATUSES, Book, BookError, Component, Unit, register_component
+from .core import STATUSES, Book, BookError, Component, Unit, component, register_component, section_renderer
 
-__all__ = ["Book", "BookError", "Component", "Unit", "register_component", "STATUSES"]
+__all__ = ["Book", "BookError", "Component", "Unit", "component", "register_component", "section_renderer",
+           "STATUSES"]
 
 # Every other module in this package is a stage's component: import them so their tables are known.
 import importlib as _importlib

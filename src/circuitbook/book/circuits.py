@@ -29,7 +29,6 @@ lists (token strings included), or None when the book has nothing for that unit.
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import sqlite3
 import time
@@ -38,6 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .core import Book, BookError, Component, register_component
+from .render import Ctx, bars_html, esc, fmt, pairs_html, value_html
 
 MIGRATIONS = [
     """
@@ -464,35 +464,56 @@ def read_unit(book: Book, kind: str, layer: int, idx: int) -> dict | None:
     return out
 
 
-def render_html(section: dict) -> str:
-    e = html.escape
-    tok = lambda s: f"<code>{e(repr(s)[1:-1])}</code>"  # noqa: E731
+def render_html(sec: dict, ctx: Ctx | None = None) -> str:
+    """The circuits stage's section (see ``book/circuits.py`` ``read_unit``): token effects for neurons;
+    scores, OV/QK tops, skip-trigrams, positional profile and composition for heads. The one renderer of
+    this section: web pages, the static export and notebooks all show it. Every string goes through esc."""
+    ctx = ctx or Ctx()
     parts = []
-    for key in ("output", "input"):
-        if key in section:
-            s = section[key]
-            parts.append(f"<p><b>{key}</b> (norm {s['norm']:.3g}) top: " +
-                         ", ".join(f"{tok(t)} {v:+.2f}" for _, t, v in s["top"]) +
-                         "<br>bottom: " + ", ".join(f"{tok(t)} {v:+.2f}" for _, t, v in s["bottom"]) + "</p>")
-        for p in section.get(key + "_paths", []):
-            parts.append(f"<p>{key} via {e(p['via'])} (norm {p['norm']:.3g}): " +
-                         ", ".join(f"{tok(t)} {v:+.2f}" for _, t, v in p["top"]) + "</p>")
-    if "scores" in section:
-        parts.append("<p>" + ", ".join(f"{e(k)} {v:.3f}" for k, v in section["scores"].items() if v is not None)
-                     + "</p>")
-    for key, title in (("ov_top", "OV source → output"), ("qk_top", "QK query → key")):
-        if key in section:
-            parts.append(f"<p><b>{title}</b>: " + ", ".join(f"{tok(a)}→{tok(b)} {v:.2f}" for a, b, v in section[key])
-                         + "</p>")
-    if "skip_trigrams" in section:
-        parts.append("<p><b>skip-trigrams</b>: " + ", ".join(
-            f"{tok(k)} … {tok(q)} → {tok(o)}" for k, q, o, _ in section["skip_trigrams"]) + "</p>")
-    if "positional_profile" in section:
-        parts.append("<p><b>positional QK by offset</b>: " +
-                     " ".join(f"{v:+.2f}" for v in section["positional_profile"]) + "</p>")
-    if "composition" in section:
-        parts.append("<p><b>composition</b>: " + ", ".join(
-            f"{m} L{a}H{b}→L{c}H{d} {s:.2f}" for m, a, b, c, d, s in section["composition"]) + "</p>")
+    for key, title in (("output", "Output effects: logits promoted / suppressed per unit of activation"),
+                       ("input", "Input effects: tokens that drive it / push it down")):
+        if key in sec:
+            s = sec[key]
+            parts.append(f"<div class='cb-effects' id='effects-{key}'><h3>{esc(title)} "
+                         f"<small>(norm {fmt(s.get('norm'))})</small></h3>"
+                         + bars_html([(t, v) for _, t, v in s.get("top", [])], "top")
+                         + bars_html([(t, v) for _, t, v in s.get("bottom", [])], "bottom") + "</div>")
+        for p in sec.get(key + "_paths", []):
+            parts.append(bars_html([(t, v) for _, t, v in p.get("top", [])],
+                                   f"{key} via {p.get('via')} (norm {p.get('norm', 0):.3g})"))
+    if "scores" in sec:
+        rows = "".join(f"<tr><th>{esc(k)}</th><td class='num'>{fmt(v)}</td></tr>"
+                       for k, v in sec["scores"].items() if v is not None)
+        parts.append(f"<h3>Head scores</h3><table class='cb-kv' id='head-scores'>{rows}</table>")
+    if sec.get("ov_top") or sec.get("qk_top"):
+        parts.append("<p class='hint'>Token circuits: OV source token &rarr; output logit (what the head writes "
+                     "when it attends to a token), QK query &rarr; key (where it attends).</p>")
+    if sec.get("ov_top"):
+        parts.append("<div class='cb-side'>" + pairs_html(sec["ov_top"], ("source", "output", "value"),
+                                                          "OV circuit: source token -> output logit"))
+    if sec.get("qk_top"):
+        parts.append(pairs_html(sec["qk_top"], ("query", "key", "score"), "QK circuit: query -> key"))
+    if sec.get("ov_top"):
+        parts.append("</div>")
+    if sec.get("skip_trigrams"):
+        parts.append(pairs_html(sec["skip_trigrams"], ("key", "... query", "-> out", "score"),
+                                "Skip-trigrams: key ... query -> out"))
+    if sec.get("positional_profile"):
+        parts.append(bars_html([(f"offset {i}", v) for i, v in enumerate(sec["positional_profile"])],
+                               "Positional QK score by offset (query - key)"))
+    if sec.get("composition"):
+        rows = []
+        for m, l1, h1, l2, h2, score in sec["composition"]:
+            rows.append(f"<tr><td>{esc(m)}</td><td>{ctx.unit_link('head', l1, h1)} &rarr; "
+                        f"{ctx.unit_link('head', l2, h2)}</td><td class='num'>{fmt(score)}</td></tr>")
+        parts.append("<table class='cb-table' id='composition'><caption>Composition with other heads "
+                     "(writer &rarr; reader)</caption><tr><th>mode</th><th>heads</th><th>score</th></tr>"
+                     + "".join(rows) + "</table>")
+    known = {"output", "input", "output_paths", "input_paths", "scores", "ov_top", "qk_top", "skip_trigrams",
+             "positional_profile", "composition"}
+    rest = {k: v for k, v in sec.items() if k not in known}
+    if rest:
+        parts.append(value_html(rest, ctx))
     return "".join(parts)
 
 

@@ -21,7 +21,6 @@ from ..units import UnitError, UnitRef, all_units, kind_names, unit_kind
 
 import contextlib
 import dataclasses
-import html
 import json
 import sqlite3
 import threading
@@ -75,12 +74,15 @@ class BookError(CircuitbookError, RuntimeError):
 
 @dataclasses.dataclass
 class Component:
+    """A stage's part of the book: its tables (migrations), how to read one unit's section, and the one
+    HTML renderer of that section (used by the web pages, the static export and notebooks alike)."""
+
     name: str
     migrations: list[str]
     # read_unit(book, kind, layer, idx) -> dict or None: this stage's findings about one unit
     read_unit: Callable[["Book", str, int, int], Any] | None = None
-    # render_html(section) -> HTML fragment for notebooks (escaped by the renderer)
-    render_html: Callable[[Any], str] | None = None
+    # render_html(section, ctx: book.render.Ctx) -> HTML fragment; it escapes every string it writes
+    render_html: Callable[[Any, Any], str] | None = None
     # unit_context(book) -> dict merged into the model config that unit kinds count from (a stage whose
     # units are not fixed by the model, e.g. dictionary features, says here how many there are)
     unit_context: Callable[["Book"], dict] | None = None
@@ -90,8 +92,29 @@ _COMPONENTS: dict[str, Component] = {"core": Component("core", CORE_MIGRATIONS)}
 
 
 def register_component(component: Component) -> None:
-    """Stages call this at import time to own tables in the book."""
+    """Stages call this at import time to own tables in the book (and render their section)."""
     _COMPONENTS[component.name] = component
+
+
+def unregister_component(name: str) -> None:
+    """Forget a component (test-only components clean up with this); its tables stay in existing books."""
+    _COMPONENTS.pop(name, None)
+
+
+def component(name: str) -> Component | None:
+    """The registered component called ``name``, or None."""
+    return _COMPONENTS.get(name)
+
+
+def components() -> list[Component]:
+    """Every registered component, in registration order (core first)."""
+    return list(_COMPONENTS.values())
+
+
+def section_renderer(name: str) -> Callable[[Any, Any], str] | None:
+    """The HTML renderer ``fn(section, ctx)`` of component ``name``'s section, or None (generic view)."""
+    comp = _COMPONENTS.get(name)
+    return comp.render_html if comp is not None else None
 
 
 @dataclasses.dataclass
@@ -105,6 +128,8 @@ class Unit:
     notes: str = ""
     status: str = "none"
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the book's token strings (set by Book.unit) so the notebook view names token ids as the web does
+    token_strs: list[str] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -118,16 +143,10 @@ class Unit:
         return self.sections[section]
 
     def _repr_html_(self) -> str:
-        e = html.escape
-        parts = [f"<div class='cb-unit'><h3>{e(self.kind)} {e(self.key)}"
-                 f"{' — ' + e(self.label) if self.label else ''}</h3>"]
-        if self.notes:
-            parts.append(f"<p><i>{e(self.notes)}</i> [{e(self.status)}]</p>")
-        for name, sec in self.sections.items():
-            comp = _COMPONENTS.get(name)
-            body = comp.render_html(sec) if comp and comp.render_html else f"<pre>{e(repr(sec)[:2000])}</pre>"
-            parts.append(f"<details open><summary>{e(name)}</summary>{body}</details>")
-        return "".join(parts) + "</div>"
+        """The same view as the web page's sections (book.render.unit_html), inline in a notebook."""
+        from .render import Ctx, unit_html
+
+        return unit_html(self, Ctx(token_strs=self.token_strs))
 
 
 class Book:
@@ -238,6 +257,12 @@ class Book:
                 c.execute("DELETE FROM vocab")
                 c.executemany("INSERT INTO vocab VALUES (?, ?)", enumerate(model.tokenizer.token_strs()))
 
+    def copy_vocab(self, other: "Book", conn: sqlite3.Connection) -> None:
+        """Replace this book's token strings with ``other``'s (inside the caller's transaction)."""
+        conn.execute("DELETE FROM vocab")
+        conn.executemany("INSERT INTO vocab VALUES (?, ?)",
+                         other.conn.execute("SELECT token_id, str FROM vocab ORDER BY token_id").fetchall())
+
     def vocab_size(self) -> int:
         return self.conn.execute("SELECT count(*) FROM vocab").fetchone()[0]
 
@@ -262,6 +287,23 @@ class Book:
             if comp.unit_context is not None:
                 ctx.update(comp.unit_context(self))
         return ctx
+    # ------------------------------------------------------------------ file upkeep
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (after a large table or blob was dropped)."""
+        self.conn.execute("VACUUM")
+
+    def checkpoint_wal(self) -> None:
+        """Fold the write-ahead log into the main file and truncate it."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def results_fingerprint(self) -> tuple:
+        """A cheap value that changes whenever a stage writes results: stages record their runs (``runs``)
+        and settings (``meta``), and migrations add components. Label edits change none of these, so a cache
+        keyed by it (the web index's summaries) survives editing."""
+        runs = tuple(self.conn.execute(
+            "SELECT count(*), max(id), max(finished), group_concat(status) FROM runs").fetchone())
+        meta = hash(tuple(tuple(r) for r in self.conn.execute("SELECT key, value FROM meta ORDER BY key")))
+        return runs, meta, tuple(sorted(self.schema_versions().items()))
 
     # ------------------------------------------------------------------ runs
     def start_run(self, stage: str, settings: dict) -> int:
@@ -289,11 +331,20 @@ class Book:
             except UnitError as e:
                 raise BookError(str(e)) from None
 
-    def unit(self, kind: str, layer: int, idx: int) -> Unit:
-        self._check_unit(kind, layer, idx)
+    def unit_label(self, kind: str, layer: int, idx: int) -> tuple[str, str, str]:
+        """(label, notes, status) of one unit, ("", "", "none") when never edited. No key check, no sections."""
         row = self.conn.execute("SELECT label, notes, status FROM units WHERE kind=? AND layer=? AND idx=?",
                                 (kind, layer, idx)).fetchone()
-        u = Unit(kind, layer, idx, *(tuple(row) if row else ()))
+        return tuple(row) if row else ("", "", "none")
+
+    def unit_labels(self) -> dict[tuple[str, int, int], tuple[str, str, str]]:
+        """{(kind, layer, idx): (label, notes, status)} for every unit with a row (ever edited)."""
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in self.conn.execute(
+            "SELECT kind, layer, idx, label, notes, status FROM units")}
+
+    def unit(self, kind: str, layer: int, idx: int) -> Unit:
+        self._check_unit(kind, layer, idx)
+        u = Unit(kind, layer, idx, *self.unit_label(kind, layer, idx), token_strs=self.token_strs() or None)
         for name, comp in _COMPONENTS.items():
             if comp.read_unit is not None:
                 sec = comp.read_unit(self, kind, layer, idx)

@@ -16,6 +16,7 @@ import html
 import json
 import math
 import time
+from typing import Any
 
 from .core import Book, BookError, Component, register_component
 
@@ -132,7 +133,8 @@ def _read_unit(book: Book, kind: str, layer: int, idx: int):
     return {"specs": [dict(r) for r in rows]}
 
 
-def _render(section) -> str:
+def _render(section, ctx: Any = None) -> str:
+    """The handcraft section: every evaluation this unit took part in (strings escaped)."""
     e = html.escape
     f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     rows = "".join(f"<tr><td>{s['id']}</td><td>{e(s['name'])}</td><td>{e(s['part'])}</td><td>{e(s['role'])}</td>"

@@ -7,8 +7,9 @@ Every piece of text that comes from the book (corpus tokens, labels, notes, toke
 :func:`esc` (``html.escape`` with quotes), so a story containing ``<script>`` shows as text. Numbers are
 formatted here, never interpolated raw from user input.
 
-Sections are rendered by name when a renderer for that component's section is registered in
-``RENDERERS`` (``name -> fn(section, ctx) -> str``), otherwise by :func:`value_html`, which recognises
+Sections are rendered by the renderer their component registered (``Component.render_html``, looked up
+with ``book.core.section_renderer(name)``: one renderer per section, the same for the web pages, the
+static export, ``Unit._repr_html_`` and :func:`view`), otherwise by :func:`value_html`, which recognises
 the common shapes (examples with per-token activations, histograms, token/value lists, tables, nested
 dicts) and falls back to a key/value table, so a new component shows up without any change here.
 """
@@ -376,71 +377,18 @@ def pairs_html(rows: Sequence[Sequence[Any]], heads: Sequence[str], title: str =
     return "".join(out) + "</table>"
 
 
-def circuits_html(sec: dict, ctx: Ctx) -> str:
-    """The circuits stage's section (see ``book/circuits.py`` ``read_unit``): token effects for neurons;
-    scores, OV/QK tops, skip-trigrams, positional profile and composition for heads."""
-    parts = []
-    for key, title in (("output", "Output effects: logits promoted / suppressed per unit of activation"),
-                       ("input", "Input effects: tokens that drive it / push it down")):
-        if key in sec:
-            s = sec[key]
-            parts.append(f"<div class='cb-effects' id='effects-{key}'><h3>{esc(title)} "
-                         f"<small>(norm {fmt(s.get('norm'))})</small></h3>"
-                         + bars_html([(t, v) for _, t, v in s.get("top", [])], "top")
-                         + bars_html([(t, v) for _, t, v in s.get("bottom", [])], "bottom") + "</div>")
-        for p in sec.get(key + "_paths", []):
-            parts.append(bars_html([(t, v) for _, t, v in p.get("top", [])],
-                                   f"{key} via {p.get('via')} (norm {p.get('norm', 0):.3g})"))
-    if "scores" in sec:
-        rows = "".join(f"<tr><th>{esc(k)}</th><td class='num'>{fmt(v)}</td></tr>"
-                       for k, v in sec["scores"].items() if v is not None)
-        parts.append(f"<h3>Head scores</h3><table class='cb-kv' id='head-scores'>{rows}</table>")
-    if sec.get("ov_top"):
-        parts.append("<div class='cb-side'>" + pairs_html(sec["ov_top"], ("source", "output", "value"),
-                                                          "OV circuit: source token -> output logit"))
-    if sec.get("qk_top"):
-        parts.append(pairs_html(sec["qk_top"], ("query", "key", "score"), "QK circuit: query -> key"))
-    if sec.get("ov_top"):
-        parts.append("</div>")
-    if sec.get("skip_trigrams"):
-        parts.append(pairs_html(sec["skip_trigrams"], ("key", "... query", "-> out", "score"),
-                                "Skip-trigrams: key ... query -> out"))
-    if sec.get("positional_profile"):
-        parts.append(bars_html([(f"offset {i}", v) for i, v in enumerate(sec["positional_profile"])],
-                               "Positional QK score by offset (query - key)"))
-    if sec.get("composition"):
-        rows = []
-        for m, l1, h1, l2, h2, score in sec["composition"]:
-            rows.append(f"<tr><td>{esc(m)}</td><td>{ctx.unit_link('head', l1, h1)} &rarr; "
-                        f"{ctx.unit_link('head', l2, h2)}</td><td class='num'>{fmt(score)}</td></tr>")
-        parts.append("<table class='cb-table' id='composition'><caption>Composition with other heads "
-                     "(writer &rarr; reader)</caption><tr><th>mode</th><th>heads</th><th>score</th></tr>"
-                     + "".join(rows) + "</table>")
-    known = {"output", "input", "output_paths", "input_paths", "scores", "ov_top", "qk_top", "skip_trigrams",
-             "positional_profile", "composition"}
-    rest = {k: v for k, v in sec.items() if k not in known}
-    if rest:
-        parts.append(value_html(rest, ctx))
-    return "".join(parts)
-
-
 # ------------------------------------------------------------------ sections and units
-# component name -> fn(section, ctx) -> HTML: components with a bespoke view; others use value_html.
-RENDERERS: dict[str, Callable[[Any, Ctx], str]] = {"circuits": circuits_html}
-
 SECTION_TITLES = {"scan": "Activations", "circuits": "Weights-based circuits", "typing": "Typing",
                   "handcraft": "Handcrafted evaluation"}
 
 
 def section_html(name: str, sec: Any, ctx: Ctx | None = None) -> str:
+    """One section in its component's registered renderer (book.core.section_renderer), else value_html."""
+    from .core import section_renderer
+
     ctx = ctx or Ctx()
     body = None
-    fn = RENDERERS.get(name)
-    if fn is None:  # the component's own notebook renderer (it escapes what it writes), else the generic view
-        from .core import _COMPONENTS
-
-        comp = _COMPONENTS.get(name)
-        fn = (lambda sec, ctx: comp.render_html(sec)) if comp is not None and comp.render_html else None
+    fn = section_renderer(name)
     if fn is not None:
         try:
             body = fn(sec, ctx)

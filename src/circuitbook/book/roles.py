@@ -15,7 +15,8 @@ Tables
       Meta ``typing_settings`` records the settings of the run that wrote them.
 
 Query API (the web and notebooks read these): ``token_classes``, ``unit_type``, ``unit_types``, ``rules``,
-``type_counts``, ``token_acts``.
+``type_counts``, ``token_acts``, ``token_act_ids``. Storage and queries only: the model table over a book is
+``roles.summary.book_summary`` and concept search over a book ``roles.concepts.find_concept``.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def token_acts(book: Book, token_ids=None, source: dict | None = None):
     return ids, counts, means
 
 
+def token_act_ids(book: Book) -> list[int]:
+    """The token ids with stored activation means (the typing universe), ascending; [] when none."""
+    return [r[0] for r in book.conn.execute("SELECT token_id FROM typing_token_acts ORDER BY token_id")]
+
+
 # ------------------------------------------------------------------ unit types
 def store_types(book: Book, types, settings: dict) -> None:
     """Replace every neuron's type with ``types`` (list of roles.classify.UnitType)."""
@@ -223,32 +229,3 @@ def render_html(sec: dict, ctx: Any = None) -> str:
 
 
 register_component(Component("typing", MIGRATIONS, read_unit=read_unit, render_html=render_html))
-
-
-# ------------------------------------------------------------------ summary and concept search over a book
-def summary(book: Book):
-    """The model table (roles.summary.Summary) of the stored types."""
-    from ..roles.classify import UnitType
-    from ..roles.summary import summarize
-
-    return summarize([UnitType(d["layer"], d["idx"], d["type"], d["rule"], d["confidence"], d["score"],
-                               d["evidence"]) for d in unit_types(book, evidence=True)])
-
-
-def find_concept(book: Book, model, words, corpus: str | None = None, k: int = 10, exact: bool = False,
-                 max_windows: int = 128):
-    """Concept search (roles.concepts.concept_search) with the book's corpus and typing universe.
-
-    corpus: stories file (default: the one recorded by ``circuitbook type``); without any corpus the input side
-    falls back to the book's per-token activation means."""
-    from pathlib import Path
-
-    from ..corpus import read_stories
-    from ..roles.concepts import concept_search
-
-    path = corpus or book.get_meta("typing_corpus_path")
-    stories = list(read_stories(path)) if path and Path(path).is_file() else None
-    ids = [r[0] for r in book.conn.execute("SELECT token_id FROM typing_token_acts ORDER BY token_id")]
-    means = token_acts(book) if stories is None else None
-    return concept_search(model, words, stories, k=k, universe_ids=ids or None, token_means=means,
-                          max_windows=max_windows, exact=exact)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sqlite3
+import time
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,63 @@ MIGRATIONS = [
 RESULT_TABLES = ("scan_neurons", "scan_heads", "scan_examples", "scan_token_means", "scan_head_pairs")
 N_BANDS = 16
 HALF = 64
+
+
+# ------------------------------------------------------------------ writes (the scan stage's driver calls these)
+def clear(conn: sqlite3.Connection, state: bool = True) -> None:
+    """Empty the result tables (and, with ``state``, the checkpoint row), inside the caller's transaction."""
+    for t in RESULT_TABLES + (("scan_state",) if state else ()):
+        conn.execute(f"DELETE FROM {t}")
+
+
+def save_state_row(conn: sqlite3.Connection, identity: dict, progress: dict, blob: bytes | None,
+                   complete: bool) -> None:
+    """Write the one checkpoint row: the scan's identity, progress and serialised state (None: dropped)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO scan_state (id, identity, progress, state, complete, updated) VALUES (1, ?, ?, ?, ?, ?)",
+        (json.dumps(identity, sort_keys=True), json.dumps(progress), blob, int(complete), time.time()))
+
+
+def load_state_row(book: Book) -> tuple[dict, dict, bytes | None, bool] | None:
+    """(identity, progress, state blob or None, complete) of the checkpoint row, or None without a scan."""
+    row = book.conn.execute("SELECT identity, progress, state, complete FROM scan_state WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    return json.loads(row[0]), json.loads(row[1]), row[2], bool(row[3])
+
+
+def insert_neurons(conn: sqlite3.Connection, rows) -> None:
+    """rows: (layer, idx, count, mean, std, min, max, fire_rate, hist_exp, hist JSON)."""
+    conn.executemany("INSERT INTO scan_neurons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_examples(conn: sqlite3.Connection, rows) -> None:
+    """rows: (kind, layer, idx, section, band, rank, value, story, offset, focus, extra, tokens, vals)."""
+    conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_token_means(conn: sqlite3.Connection, rows) -> None:
+    """rows: (layer, idx, rank, token_id, mean, count)."""
+    conn.executemany("INSERT INTO scan_token_means VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_heads(conn: sqlite3.Connection, rows) -> None:
+    """rows: (layer, idx, count, bos, self, prev, dist, entropy)."""
+    conn.executemany("INSERT INTO scan_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_head_pairs(conn: sqlite3.Connection, rows) -> None:
+    """rows: (layer, idx, rank, q_token, k_token, mass, count)."""
+    conn.executemany("INSERT INTO scan_head_pairs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def counts(book: Book) -> tuple[int, int, int, bool]:
+    """(neurons stored, dead neurons (never fired), heads stored, scan complete) for the scan's summary."""
+    c = book.conn
+    n_neurons, dead = c.execute("SELECT count(*), coalesce(sum(fire_rate = 0), 0) FROM scan_neurons").fetchone()
+    n_heads = c.execute("SELECT count(*) FROM scan_heads").fetchone()[0]
+    row = c.execute("SELECT complete FROM scan_state WHERE id = 1").fetchone()
+    return n_neurons, dead, n_heads, bool(row[0])
 
 
 # ------------------------------------------------------------------ result types
@@ -352,9 +411,3 @@ def render_html(sec: ScanSection, ctx: Any = None) -> str:
 
 
 register_component(Component("scan", MIGRATIONS, read_unit=read_unit, render_html=render_html))
-try:  # the web / notebook renderer (book/render.py) picks bespoke section views from this registry
-    from .render import RENDERERS
-
-    RENDERERS["scan"] = render_html
-except ImportError:  # pragma: no cover
-    pass

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..book import Book
-    from ..book.roles import find_concept
+    from ..roles.concepts import find_concept
     from ..model import load_model
 
     if not Path(args.book).is_file():

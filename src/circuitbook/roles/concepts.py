@@ -278,3 +278,22 @@ def concept_search(model, words: str | list[str], stories=None, k: int = 10, uni
                                         bool(z_att >= z_min and z_ov >= z_min), [], prom[:8], [], []))
     head_hits.sort(key=lambda x: -x.score)
     return ConceptResult(words, C, [strs[t] for t in C], hits + head_hits[:k], len(windows))
+
+
+def find_concept(book, model, words, corpus: str | None = None, k: int = 10, exact: bool = False,
+                 max_windows: int = 128) -> "ConceptResult":
+    """Concept search (:func:`concept_search`) with the book's corpus and typing universe.
+
+    corpus: stories file (default: the one recorded by ``circuitbook type``); without any corpus the input side
+    falls back to the book's per-token activation means."""
+    from pathlib import Path
+
+    from ..book import roles as stored
+    from ..corpus import read_stories
+
+    path = corpus or book.get_meta("typing_corpus_path")
+    stories = list(read_stories(path)) if path and Path(path).is_file() else None
+    ids = stored.token_act_ids(book)
+    means = stored.token_acts(book) if stories is None else None
+    return concept_search(model, words, stories, k=k, universe_ids=ids or None, token_means=means,
+                          max_windows=max_windows, exact=exact)

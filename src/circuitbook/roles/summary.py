@@ -53,3 +53,12 @@ def summarize(types, n_examples: int = 10) -> Summary:
         strongest[typ] = [(t.layer, t.idx, t.rule, t.score, [x[1] for x in t.evidence["input"]["tokens"]],
                            [x[1] for x in t.evidence["output"]["tokens"]]) for t in best]
     return Summary({t: counts.get(t, 0) for t in TYPES}, rules, strongest)
+
+
+def book_summary(book):
+    """The model table (Summary) of the types stored in ``book`` (book.roles.unit_types)."""
+    from ..book import roles as stored
+    from .classify import UnitType
+
+    return summarize([UnitType(d["layer"], d["idx"], d["type"], d["rule"], d["confidence"], d["score"],
+                               d["evidence"]) for d in stored.unit_types(book, evidence=True)])

@@ -73,16 +73,14 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
             v = first.get_meta(key)
             if v is not None:
                 ob.set_meta(key, v, c)
-        c.execute("DELETE FROM vocab")
-        c.executemany("INSERT INTO vocab VALUES (?, ?)",
-                      first.conn.execute("SELECT token_id, str FROM vocab ORDER BY token_id").fetchall())
+        ob.copy_vocab(first, c)
         write_results(c, states, settings)
         save_state(ob, identity, states if keep_state else None, progress, True, c)
     first.close()
     run = ob.start_run("merge", {"inputs": [str(p) for p in inputs], "at": time.time()})
     ob.finish_run(run, progress)
     if not keep_state:
-        ob.conn.execute("VACUUM")
-    ob.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ob.vacuum()
+    ob.checkpoint_wal()
     return progress
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..book import Book, BookError
-from ..book.scan import RESULT_TABLES
+from ..book import scan as store
 from ..corpus import CorpusError, corpus_hash, pad, read_stories
 from ..errors import CircuitbookError
 from ..model.memory import keep_freed_memory
@@ -152,18 +152,16 @@ class ScanState:
 
 def save_state(book: Book, identity: dict, state: ScanState | None, progress: dict, complete: bool, conn=None) -> None:
     blob = state.to_bytes() if state is not None else None
-    (conn or book.conn).execute(
-        "INSERT OR REPLACE INTO scan_state (id, identity, progress, state, complete, updated) VALUES (1, ?, ?, ?, ?, ?)",
-        (json.dumps(identity, sort_keys=True), json.dumps(progress), blob, int(complete), time.time()))
+    store.save_state_row(conn or book.conn, identity, progress, blob, complete)
 
 
 def load_state(book: Book, device="cpu") -> tuple[dict, dict, ScanState | None, bool] | None:
-    row = book.conn.execute("SELECT identity, progress, state, complete FROM scan_state WHERE id = 1").fetchone()
+    row = store.load_state_row(book)
     if row is None:
         return None
-    progress = json.loads(row[1])
-    state = ScanState.from_bytes(row[2], progress, device) if row[2] is not None else None
-    return json.loads(row[0]), progress, state, bool(row[3])
+    identity, progress, blob, complete = row
+    state = ScanState.from_bytes(blob, progress, device) if blob is not None else None
+    return identity, progress, state, complete
 
 
 # ------------------------------------------------------------------ corpus
@@ -258,8 +256,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         resumed = True
     else:
         with book.transaction() as c:
-            for t in RESULT_TABLES + ("scan_state",):
-                c.execute(f"DELETE FROM {t}")
+            store.clear(c)
         state = None
     if state is None:
         state = ScanState.fresh(cfg, s, device)
@@ -334,8 +331,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         write_results(c, state, s)
         save_state(book, identity, state if keep_state else None, prog, True, c)
     if not keep_state:
-        book.conn.execute("VACUUM")  # give the dropped state's pages back
-    book.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and the write-ahead log's
+        book.vacuum()  # give the dropped state's pages back
+    book.checkpoint_wal()  # and the write-ahead log's
     summary = _summary(book, prog, new_tokens, seconds, resumed)
     book.finish_run(run_id, dataclasses.asdict(summary))
     return summary
@@ -349,10 +346,7 @@ def _mismatch(book: Book, have: dict, want: dict) -> str:
 
 
 def _summary(book: Book, prog: dict, new_tokens: int, seconds: float, resumed: bool) -> ScanSummary:
-    c = book.conn
-    n_neurons, dead = c.execute("SELECT count(*), coalesce(sum(fire_rate = 0), 0) FROM scan_neurons").fetchone()
-    n_heads = c.execute("SELECT count(*) FROM scan_heads").fetchone()[0]
-    complete = bool(c.execute("SELECT complete FROM scan_state WHERE id = 1").fetchone()[0])
+    n_neurons, dead, n_heads, complete = store.counts(book)
     size = sum(p.stat().st_size for p in book.path.parent.glob(book.path.name + "*"))
     return ScanSummary(str(book.path), prog["tokens"], prog["sequences"], new_tokens, seconds,
                        new_tokens / seconds if seconds > 0 else 0.0, resumed, complete, n_neurons, n_heads, dead, size)
@@ -376,8 +370,7 @@ def _example_rows(kind: str, layer: int, section: str, keys, vals, extra, tok, c
 
 def write_results(conn, state: ScanState, s: ScanSettings) -> None:
     """Replace the result tables with the state's findings (inside the caller's transaction)."""
-    for t in RESULT_TABLES:
-        conn.execute(f"DELETE FROM {t}")
+    store.clear(conn, state=False)
     focus = s.before
     for a in state.neurons:
         a.top.canonicalize()
@@ -388,42 +381,36 @@ def write_results(conn, state: ScanState, s: ScanSettings) -> None:
         mean, std = a.mean_std()
         fires = a.fire_count()
         n = a.n
-        conn.executemany(
-            "INSERT INTO scan_neurons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        store.insert_neurons(
+            conn,
             [(l, u, a.count, m, sd, lo if a.count else None, hi if a.count else None, f / max(a.count, 1), e,
               json.dumps(h)) for u, (m, sd, lo, hi, f, e, h) in enumerate(zip(
                   mean.tolist(), std.tolist(), a.vmin.tolist(), a.vmax.tolist(), fires.tolist(),
                   a.hist.exp.tolist(), a.hist.counts.tolist()))])
         k = a.top.k
         tags = [(u, -1, j) for u in range(n) for j in range(k)]
-        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         _example_rows("neuron", l, "top", a.top.keys.reshape(-1), a.top.vals.reshape(-1),
-                                       a.top.extra.reshape(-1), a.top.ctx_tok.reshape(n * k, -1),
-                                       a.top.ctx_val.reshape(n * k, -1), focus, tags))
+        store.insert_examples(conn, _example_rows(
+            "neuron", l, "top", a.top.keys.reshape(-1), a.top.vals.reshape(-1), a.top.extra.reshape(-1),
+            a.top.ctx_tok.reshape(n * k, -1), a.top.ctx_val.reshape(n * k, -1), focus, tags))
         R = a.bands.r
         nb = a.bands.pri.shape[1]
         tags = [(u, b, j) for u in range(n) for b in range(nb) for j in range(R)]
-        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         _example_rows("neuron", l, "quantile", a.bands.keys.reshape(-1), a.bands.vals.reshape(-1),
-                                       torch.zeros(n * nb * R, dtype=torch.long), a.bands.ctx_tok.reshape(n * nb * R, -1),
-                                       a.bands.ctx_val.reshape(n * nb * R, -1), focus, tags))
+        store.insert_examples(conn, _example_rows(
+            "neuron", l, "quantile", a.bands.keys.reshape(-1), a.bands.vals.reshape(-1),
+            torch.zeros(n * nb * R, dtype=torch.long), a.bands.ctx_tok.reshape(n * nb * R, -1),
+            a.bands.ctx_val.reshape(n * nb * R, -1), focus, tags))
         ids, means, counts = a.token_means(s.token_k, s.token_min_count)
-        conn.executemany("INSERT INTO scan_token_means VALUES (?, ?, ?, ?, ?, ?)",
-                         [(l, u, j, t, m, c) for u, (ti, mi, ci) in enumerate(zip(ids.tolist(), means.tolist(), counts.tolist()))
-                          for j, (t, m, c) in enumerate(zip(ti, mi, ci))])
+        store.insert_token_means(conn, [(l, u, j, t, m, c) for u, (ti, mi, ci) in enumerate(zip(
+            ids.tolist(), means.tolist(), counts.tolist())) for j, (t, m, c) in enumerate(zip(ti, mi, ci))])
     for l, h in enumerate(state.heads):
         means = h.means().tolist()
-        conn.executemany("INSERT INTO scan_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         [(l, u, h.count, *means[u]) for u in range(h.n)])
+        store.insert_heads(conn, [(l, u, h.count, *means[u]) for u in range(h.n)])
         k = h.top.k
         tags = [(u, -1, j) for u in range(h.n) for j in range(k)]
-        conn.executemany("INSERT INTO scan_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         _example_rows("head", l, "top", h.top.keys.reshape(-1), h.top.vals.reshape(-1),
-                                       h.top.extra.reshape(-1), h.top.ctx_tok.reshape(h.n * k, -1),
-                                       h.top.ctx_val.reshape(h.n * k, -1), focus, tags))
-        conn.executemany("INSERT INTO scan_head_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [(l, u, j, q, kk, m, c) for u in range(h.n)
-                          for j, (q, kk, m, c) in enumerate(h.top_pairs(u, s.pair_k))])
-
+        store.insert_examples(conn, _example_rows(
+            "head", l, "top", h.top.keys.reshape(-1), h.top.vals.reshape(-1), h.top.extra.reshape(-1),
+            h.top.ctx_tok.reshape(h.n * k, -1), h.top.ctx_val.reshape(h.n * k, -1), focus, tags))
+        store.insert_head_pairs(conn, [(l, u, j, q, kk, m, c) for u in range(h.n)
+                                       for j, (q, kk, m, c) in enumerate(h.top_pairs(u, s.pair_k))])
 
 assert len(STATS) == 5

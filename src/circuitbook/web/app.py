@@ -120,9 +120,7 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
 
     # ------------------------------------------------------------------ label API
     def _unit_json(kind: str, layer: int, idx: int) -> dict[str, Any]:
-        row = book.conn.execute("SELECT label, notes, status FROM units WHERE kind=? AND layer=? AND idx=?",
-                                (kind, layer, idx)).fetchone()
-        label, notes, status = tuple(row) if row else ("", "", "none")
+        label, notes, status = book.unit_label(kind, layer, idx)
         return {"kind": kind, "layer": layer, "idx": idx, "label": label, "notes": notes, "status": status}
 
     @app.get("/api/unit/{kind}/{layer}/{idx}")

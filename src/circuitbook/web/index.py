@@ -44,8 +44,7 @@ class Row:
 def index_rows(book: Book) -> list[Row]:
     """Every unit of the bound model (neurons then heads, by layer and index), or only the units the
     book has rows for when it is not bound to a model yet."""
-    have = {(r[0], r[1], r[2]): r for r in book.conn.execute(
-        "SELECT kind, layer, idx, label, notes, status FROM units")}
+    have = book.unit_labels()
     if book.config is not None:
         keys = list(book.units())
     else:
@@ -53,7 +52,7 @@ def index_rows(book: Book) -> list[Row]:
     rows = {}
     for k in keys:
         r = have.get(k)
-        rows[k] = Row(*k, *(tuple(r[3:]) if r else ()))
+        rows[k] = Row(*k, *(r if r else ()))
     for summary in _component_summaries(book):
         for k, s in summary.items():
             row = rows.get(k)
@@ -117,17 +116,9 @@ SUMMARIES = {"scan": _scan_summary, "circuits": _circuits_summary, "typing": _ty
 _CACHE: dict[str, tuple[tuple, list[dict]]] = {}
 
 
-def _signature(book: Book) -> tuple:
-    """Changes whenever a stage writes results: stages record their runs (``runs``) and settings (``meta``).
-    Label edits change neither, so editing never forces the summaries to be recomputed."""
-    runs = tuple(book.conn.execute("SELECT count(*), max(id), max(finished), group_concat(status) FROM runs").fetchone())
-    meta = hash(tuple(book.conn.execute("SELECT key, value FROM meta ORDER BY key")))
-    return runs, meta, tuple(sorted(book.schema_versions().items()))
-
-
 def _component_summaries(book: Book) -> list[dict]:
     """The summaries, recomputed only when a stage wrote to the book since the last call."""
-    sig = _signature(book)
+    sig = book.results_fingerprint()  # label edits leave it as it is: editing never forces a recompute
     hit = _CACHE.get(str(book.path))
     if hit is not None and hit[0] == sig:
         return hit[1]
