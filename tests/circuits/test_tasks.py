@@ -11,7 +11,7 @@ from circuitbook.book import Book
 from circuitbook.book import circuits as bc
 from circuitbook.circuits import CircuitsSettings, make_basis, ov_copying, ov_matrix, run_circuits, virtual_head
 from circuitbook.circuits.ov import ov_factors
-from circuitbook.circuits.tasks import CircuitTask, TaskError, get_task, register_task, tasks, unregister_task
+from circuitbook.circuits.tasks import CircuitTask, TaskError, get_task, register_task, registered_tasks, unregister_task
 from circuitbook.errors import CircuitbookError
 
 SMALL = CircuitsSettings(k=3, k_rows=2, n_pairs=10, n_trigrams=5, n_virtual=2, detector_seqs=2, detector_len=5)
@@ -49,7 +49,7 @@ def example_task():
 
 def test_a_registered_task_runs_is_stored_and_resumes(example_task, gpt2_2l, tmp_path):
     task, calls = example_task
-    assert [t.name for t in tasks()] == BUILTIN + [task.name] and get_task(task.name) is task
+    assert [t.name for t in registered_tasks()] == BUILTIN + [task.name] and get_task(task.name) is task
     book = Book.open(tmp_path / "b.db")
     first = run_circuits(gpt2_2l, book, None, SMALL, progress=False)
     L, H = gpt2_2l.cfg.n_layers, gpt2_2l.cfg.n_heads
@@ -83,19 +83,19 @@ def test_bad_registrations_are_typed_errors(example_task):
     with pytest.raises(TaskError, match="no circuits task"):
         get_task("nope")
     assert issubclass(TaskError, CircuitbookError)
-    assert [t.name for t in tasks()] == BUILTIN + [task.name]  # nothing half-registered
+    assert [t.name for t in registered_tasks()] == BUILTIN + [task.name]  # nothing half-registered
 
 
 def test_builtin_done_marks_are_the_ones_old_books_hold():
     cfg = SimpleNamespace(n_layers=2, n_heads=2)
-    marks = [t.done_mark(a) for t in tasks() if t.name in BUILTIN for a in t.units(cfg, SMALL, True)]
+    marks = [t.done_mark(a) for t in registered_tasks() if t.name in BUILTIN for a in t.units(cfg, SMALL, True)]
     assert marks == [
         "scales", "direct_path_loss", "bigram", "head:L0H0", "head:L0H1", "head:L1H0", "head:L1H1",
         "neuron_out:0:", "neuron_out:0:L1H0", "neuron_out:0:L1H1", "neuron_out:1:",
         "neuron_in:0:", "neuron_in:0:L0H0", "neuron_in:0:L0H1",
         "neuron_in:1:", "neuron_in:1:L0H0", "neuron_in:1:L0H1", "neuron_in:1:L1H0", "neuron_in:1:L1H1",
         "composition", "virtual", "detectors"]
-    no_corpus = [t.name for t in tasks() if t.name in BUILTIN and t.units(SimpleNamespace(n_layers=1, n_heads=2),
+    no_corpus = [t.name for t in registered_tasks() if t.name in BUILTIN and t.units(SimpleNamespace(n_layers=1, n_heads=2),
                                                                            SMALL, False)]
     assert no_corpus == ["scales", "bigram", "head", "neuron_out", "neuron_in", "detectors"]
 

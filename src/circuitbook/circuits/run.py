@@ -21,7 +21,7 @@ from ..book import circuits as store
 from ..book.core import Book
 from . import builtin_tasks  # noqa: F401  (registers the built-in analyses)
 from .basis import NormScales  # noqa: F401  (re-exported: run.NormScales)
-from .tasks import CircuitTask, TaskContext, tasks
+from .tasks import CircuitTask, TaskContext, registered_tasks
 
 
 @dataclasses.dataclass
@@ -100,7 +100,7 @@ class _Unit(NamedTuple):
 
 def _plan(cfg, s: CircuitsSettings, has_corpus: bool) -> list[_Unit]:
     """Every unit of every registered task for this model, in run order."""
-    return [_Unit(t, a, t.done_mark(a)) for t in tasks() for a in t.units(cfg, s, has_corpus)]
+    return [_Unit(t, a, t.done_mark(a)) for t in registered_tasks() for a in t.units(cfg, s, has_corpus)]
 
 
 def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None = None,

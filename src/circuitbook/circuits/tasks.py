@@ -3,7 +3,7 @@
 An analysis plugs into the runner as one :class:`CircuitTask`: which units of work it has for a model
 (``units``), how one unit is computed (``compute``, calling the public analysis function, so the book holds
 exactly what the API returns) and how its result is written (``store``, with the ``book/circuits`` writers).
-The runner walks :func:`tasks` in registration order and, for every unit not yet done, calls ``compute``
+The runner walks :func:`registered_tasks` in registration order and, for every unit not yet done, calls ``compute``
 and then writes the result and the unit's done mark in one transaction (so an interrupted run resumes after
 the last whole unit). Adding an analysis is one module that calls :func:`register_task` once::
 
@@ -168,7 +168,7 @@ def unregister_task(name: str) -> CircuitTask:
     return _REGISTRY.pop(name)
 
 
-def tasks() -> list[CircuitTask]:
+def registered_tasks() -> list[CircuitTask]:
     """Every registered task, in registration (= run) order, the built-in analyses first."""
     _builtins()
     return list(_REGISTRY.values())
