@@ -15,7 +15,7 @@ def test_cli_runs_and_stores(demo, tmp_path, capsys):
     assert "previous-token heads" in out and "direct path" in out
     book = Book.open(db)
     assert bc.summary(book, "direct_path_loss")["n_tokens"] > 0
-    assert len(bc.neuron_output_effect(book, 0, 3).top) == 3
+    assert len(bc.stored_neuron_output_effect(book, 0, 3).top) == 3
     ch = demo.truth["copy_head"]
     assert bc.head_scores(book)[(0, ch)]["ov_copying"] > 0.99
 

@@ -38,18 +38,18 @@ def test_demo_results_in_the_book(demo, demo_book):
     assert pairs[0].row_str == model.tokenizer.token_str(pairs[0].row)
     n = truth["pronoun_verb"]
     writes = set(truth["rules"]["pronoun_verb"]["writes"])
-    assert set(bc.neuron_output_effect(book, 0, n, k=5).top.ids) <= writes
-    assert set(bc.neuron_input_effect(book, 0, n, k=5).top.ids) <= set(truth["rules"]["pronoun_verb"]["reads"])
-    assert bc.neuron_input_effect(book, 0, n, via=(0, ch)) is not None
+    assert set(bc.stored_neuron_output_effect(book, 0, n, k=5).top.ids) <= writes
+    assert set(bc.stored_neuron_input_effect(book, 0, n, k=5).top.ids) <= set(truth["rules"]["pronoun_verb"]["reads"])
+    assert bc.stored_neuron_input_effect(book, 0, n, via=(0, ch)) is not None
     assert [v for v, _ in bc.neuron_paths(book, "neuron_in", 0, n)][0] in ("", "L0H0", "L0H1", "L0H2", "L0H3")
     d = bc.summary(book, "direct_path_loss")
     assert d["direct"] > d["full"] and d["n_tokens"] > 0
     assert bc.summary(book, "scales")["source"].startswith("measured")
     big = bc.bigram_top(book, model.tokenizer.to_id("Ġthe"), k=3)
     assert len(big) == 3 and big.values[0] <= 0  # log-probs
-    assert bc.positional_profile(book, 0, ch) is not None and len(bc.skip_trigrams(book, 0, ch)) <= 10
-    assert bc.composition(book, "Q") is None  # one layer
-    det = bc.detector_scores(book)
+    assert bc.positional_profile(book, 0, ch) is not None and len(bc.stored_skip_trigrams(book, 0, ch)) <= 10
+    assert bc.stored_composition(book, "Q") is None  # one layer
+    det = bc.stored_detector_scores(book)
     assert len(det["induction"]) == 1 and len(det["induction"][0]) == model.cfg.n_heads
 
 
@@ -96,9 +96,9 @@ def test_interrupted_run_resumes(ts656k_dir, tmp_path, monkeypatch):
     # real 2-layer model: composition and detectors are stored and equal the pure functions
     cs = composition_scores(model)
     for m in "QKV":
-        assert abs(bc.composition(book, m) - cs[m].numpy()).max() < 1e-6
+        assert abs(bc.stored_composition(book, m) - cs[m].numpy()).max() < 1e-6
     det = detector_scores(model, 4, 10, 0, exclude=(1, 2))
-    stored = bc.detector_scores(book)
+    stored = bc.stored_detector_scores(book)
     for name in ("previous_token", "induction", "duplicate_token"):
         assert abs(torch.tensor(stored[name]) - det[name]).max() < 1e-5
     assert len(bc.virtual_heads(book)) == 2 and bc.virtual_head_top(book, *bc.top_compositions(book, "V", 1)[0][:4])
@@ -111,8 +111,8 @@ def test_other_settings_recompute_everything(neo_1l, tmp_path):
     book = Book.open(tmp_path / "b.db")
     s = CircuitsSettings(k=3, k_rows=2, n_pairs=10, detector_seqs=2, detector_len=5)
     first = run_circuits(neo_1l, book, None, s, progress=False)
-    assert len(bc.neuron_output_effect(book, 0, 0).top) == 3 and not book.vocab_size()
+    assert len(bc.stored_neuron_output_effect(book, 0, 0).top) == 3 and not book.vocab_size()
     again = run_circuits(neo_1l, book, None, CircuitsSettings(**{**s.__dict__, "k": 4}), progress=False)
     assert again.skipped == 0 and again.computed == first.computed
-    assert len(bc.neuron_output_effect(book, 0, 0).top) == 4
-    assert bc.neuron_output_effect(book, 0, 0).top.strs[0].startswith("<")  # no vocab: ids shown as <id>
+    assert len(bc.stored_neuron_output_effect(book, 0, 0).top) == 4
+    assert bc.stored_neuron_output_effect(book, 0, 0).top.strs[0].startswith("<")  # no vocab: ids shown as <id>

@@ -23,7 +23,10 @@ Tables (all written by :func:`circuitbook.circuits.run_circuits`; token ids inde
     circuit_done(task, at)              finished tasks, so an interrupted run resumes where it stopped
 
 Every query function takes the :class:`~circuitbook.book.core.Book` first and returns plain dataclasses /
-lists (token strings included), or None when the book has nothing for that unit.
+lists (token strings included), or None when the book has nothing for that unit. Readers whose analysis has
+a same-named computing function in :mod:`circuitbook.circuits` carry a ``stored_`` prefix
+(``stored_neuron_output_effect(book, ...)`` reads what ``neuron_output_effect(basis, ...)`` computes; likewise
+``stored_neuron_input_effect``, ``stored_skip_trigrams``, ``stored_detector_scores``, ``stored_composition``).
 """
 
 from __future__ import annotations
@@ -270,14 +273,14 @@ def _effect(book: Book, analysis: str, layer: int, idx: int, via, k: int | None)
     return NeuronEffect(analysis, layer, idx, v, _tokens(book, r[0], r[1], k), _tokens(book, r[2], r[3], k), r[4])
 
 
-def neuron_output_effect(book: Book, layer: int, idx: int, via=None, k: int | None = None) -> NeuronEffect | None:
+def stored_neuron_output_effect(book: Book, layer: int, idx: int, via=None, k: int | None = None) -> NeuronEffect | None:
     """Tokens neuron (layer, idx) promotes (``top``) and suppresses (``bottom``) in the logits.
 
     via: None for the direct path, (l2, h) or 'L{l2}H{h}' for the path through a later head's OV circuit."""
     return _effect(book, "neuron_out", layer, idx, via, k)
 
 
-def neuron_input_effect(book: Book, layer: int, idx: int, via=None, k: int | None = None) -> NeuronEffect | None:
+def stored_neuron_input_effect(book: Book, layer: int, idx: int, via=None, k: int | None = None) -> NeuronEffect | None:
     """Tokens that drive neuron (layer, idx) (``top``) or push it down (``bottom``).
 
     via: None straight from the embedding; (l2, h) or 'L{l2}H{h}' when head h attends to the token."""
@@ -356,7 +359,7 @@ def head_scores(book: Book, layer: int | None = None, head: int | None = None) -
     return out
 
 
-def detector_scores(book: Book, name: str | None = None):
+def stored_detector_scores(book: Book, name: str | None = None):
     """Detector scores: with ``name`` ('previous_token' | 'duplicate_token' | 'induction') a nested list
     [n_layers][n_heads]; without, {name: that list}. None if the detectors have not run."""
     names = ("previous_token", "duplicate_token", "induction") if name is None else (name,)
@@ -382,7 +385,7 @@ def positional_profile(book: Book, layer: int, head: int) -> list[float] | None:
     return None if r is None else np.frombuffer(r[0], dtype=np.float32).tolist()
 
 
-def skip_trigrams(book: Book, layer: int, head: int, n: int | None = None) -> list[Trigram]:
+def stored_skip_trigrams(book: Book, layer: int, head: int, n: int | None = None) -> list[Trigram]:
     """The head's top skip-trigrams 'key ... query -> out', best first."""
     rows = book.conn.execute("SELECT key_tok, query_tok, out_tok, qk, ov, score FROM circuit_trigrams "
                              "WHERE layer=? AND head=? ORDER BY rank LIMIT ?",
@@ -392,7 +395,7 @@ def skip_trigrams(book: Book, layer: int, head: int, n: int | None = None) -> li
     return [Trigram(a, b, c, s(a), s(b), s(c), d, e, f) for a, b, c, d, e, f in rows]
 
 
-def composition(book: Book, mode: str) -> np.ndarray | None:
+def stored_composition(book: Book, mode: str) -> np.ndarray | None:
     """Composition scores for mode 'Q' | 'K' | 'V' as an array [n_layers, n_heads, n_layers, n_heads]:
     ``x[l1, h1, l2, h2]`` = how much reader (l2, h2) composes with writer (l1, h1); 0 unless l1 < l2."""
     mode = mode.upper()
@@ -450,7 +453,7 @@ def read_unit(book: Book, kind: str, layer: int, idx: int) -> dict | None:
     for key, pairs in (("ov_top", head_ov_top(book, layer, idx, k=10)), ("qk_top", head_qk_top(book, layer, idx, k=10))):
         if pairs:
             out[key] = [(p.row_str, p.col_str, p.value) for p in pairs]
-    tri = skip_trigrams(book, layer, idx, 10)
+    tri = stored_skip_trigrams(book, layer, idx, 10)
     if tri:
         out["skip_trigrams"] = [(t.key_str, t.query_str, t.out_str, t.score) for t in tri]
     prof = positional_profile(book, layer, idx)

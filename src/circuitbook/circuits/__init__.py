@@ -12,7 +12,9 @@ One analysis per module, each a pure function of the model returning small datac
     skip_trigrams   key ... query -> output triples from the QK and OV tops
     composition     Q/K/V composition scores (TransformerLens' definition) and virtual-head OV circuits
     detectors       previous-token / duplicate-token / induction scores on repeated random tokens
-    run             run_circuits(model, book, stories): everything, stored in the book, resumable
+    tasks           the registry of analyses the runner stores (CircuitTask, register_task, registered_tasks)
+    builtin_tasks   the analyses above registered as tasks (each calls the public function it stores)
+    run             run_circuits(model, book, stories): every registered task, stored in the book, resumable
 
 Every function accepts a Model, Weights or Basis; build the Basis once (``b = make_basis(model)``) and pass it
 when calling several functions, since building it processes the weights.
@@ -33,6 +35,7 @@ from .neuron_out import neuron_output_effect, neuron_output_effects, neuron_outp
 from .ov import ov_matrix, ov_tops
 from .qk import PositionalQK, positional_qk, qk_matrix, qk_tops
 from .run import CircuitsSettings, CircuitsSummary, run_circuits
+from .tasks import CircuitTask, TaskContext, TaskError, get_task, register_task, registered_tasks, unregister_task
 from .skip_trigrams import SkipTrigrams, skip_trigrams
 from .screened_topk import CircuitTops, Pairs, RowTops, chunked_tops
 
@@ -44,5 +47,6 @@ __all__ = [
     "neuron_input_effect", "neuron_input_effects", "neuron_input_vector", "neuron_output_effect",
     "neuron_output_effects", "neuron_output_vector", "ov_matrix", "ov_tops", "PositionalQK", "positional_qk",
     "qk_matrix", "qk_tops", "CircuitsSettings", "CircuitsSummary", "run_circuits", "SkipTrigrams",
-    "skip_trigrams", "CircuitTops", "Pairs", "RowTops", "chunked_tops",
+    "skip_trigrams", "CircuitTops", "Pairs", "RowTops", "chunked_tops", "CircuitTask", "TaskContext", "TaskError",
+    "get_task", "register_task", "registered_tasks", "unregister_task",
 ]

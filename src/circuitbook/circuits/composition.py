@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .basis import make_basis
-from .eigen import EigenSummary, factored_eigenvalues, summarize
+from .eigen import EigenSummary, factored_summary
 from .ov import head_name
 from .screened_topk import CircuitTops, factored_circuit_tops
 
@@ -120,4 +120,4 @@ def virtual_head(basis, l1: int, h1: int, l2: int, h2: int, k: int = 10, n_pairs
     A, B = virtual_ov_factors(basis, l1, h1, l2, h2)
     name = f"{head_name(l1, h1)}>{head_name(l2, h2)}"
     tops = factored_circuit_tops(name, A, B, k, n_pairs, bottom_pairs=True, progress=progress)
-    return VirtualHead(l1, h1, l2, h2, v_score, tops, summarize(factored_eigenvalues(A, B)))
+    return VirtualHead(l1, h1, l2, h2, v_score, tops, factored_summary(A, B))

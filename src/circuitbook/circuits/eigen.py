@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .basis import make_basis
+from .ov import ov_factors
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ def factored_eigenvalues(A: Tensor, B: Tensor, rtol: float = 1e-6) -> Tensor:
 
 
 def summarize(eigenvalues: Tensor) -> EigenSummary:
+    """Copying score and positive share of a spectrum (see the module docstring)."""
     a = eigenvalues.abs()
     tot = float(a.sum())
     if tot == 0:
@@ -50,41 +52,63 @@ def summarize(eigenvalues: Tensor) -> EigenSummary:
     return EigenSummary(eigenvalues, float(eigenvalues.real.sum()) / tot, float(a[eigenvalues.real > 0].sum()) / tot)
 
 
+def factored_summary(A: Tensor, B: Tensor) -> EigenSummary:
+    """The EigenSummary of the circuit ``A @ B``: every copying score in the package is computed here."""
+    return summarize(factored_eigenvalues(A, B))
+
+
 def ov_eigenvalues(basis, layer: int, head: int, full: bool = True, embed: Tensor | None = None,
                    unembed: Tensor | None = None) -> Tensor:
     """Nonzero eigenvalues of the head's OV circuit.
 
-    full=True: the token circuit ``embed @ W_V @ W_O @ W_U`` (embed defaults to the basis' tokens through the
-    norm; pass ``w.W_E`` for TransformerLens' ``W_E @ OV @ W_U``); full=False: ``W_V @ W_O`` [d_model, d_model].
+    full=True: the token circuit. By default it is the head's full OV circuit of :mod:`.ov`
+    (:func:`~.ov.ov_factors`: ``embed @ W_V @ W_O @ W_U / s_final``, tokens through the norm); passing
+    ``embed`` and/or ``unembed`` gives ``embed @ W_V @ W_O @ unembed`` (unembed defaults to ``W_U``, no norm
+    scale), e.g. ``embed=w.W_E`` for TransformerLens' ``W_E @ OV @ W_U``. full=False: ``W_V @ W_O``
+    [d_model, d_model]. The scale ``s_final`` multiplies every eigenvalue by the same positive constant, so
+    copying scores do not depend on it.
     """
+    return factored_eigenvalues(*_ov_eigen_factors(basis, layer, head, full, embed, unembed))
+
+
+def _ov_eigen_factors(basis, layer: int, head: int, full: bool, embed: Tensor | None,
+                      unembed: Tensor | None) -> tuple[Tensor, Tensor]:
     b = make_basis(basis)
     b.check_head(layer, head)
     w = b.w
     if not full:
-        return factored_eigenvalues(w.W_V[layer, head], w.W_O[layer, head])
+        return w.W_V[layer, head], w.W_O[layer, head]
+    if embed is None and unembed is None:
+        return ov_factors(b, layer, head)
     E = b.embed if embed is None else embed
     U = w.W_U if unembed is None else unembed
-    return factored_eigenvalues(E @ w.W_V[layer, head], w.W_O[layer, head] @ U)
+    return E @ w.W_V[layer, head], w.W_O[layer, head] @ U
 
 
 def qk_eigenvalues(basis, layer: int, head: int, full: bool = True, embed: Tensor | None = None) -> Tensor:
     """Nonzero eigenvalues of the head's QK circuit ``W_Q @ W_K^T`` (TransformerLens' QK: no biases, no
     1/attn_scale), full=True between tokens: ``embed @ W_Q @ W_K^T @ embed^T``. Positive mass means
     tokens attend to themselves (same-token attention)."""
+    return factored_eigenvalues(*_qk_eigen_factors(basis, layer, head, full, embed))
+
+
+def _qk_eigen_factors(basis, layer: int, head: int, full: bool, embed: Tensor | None) -> tuple[Tensor, Tensor]:
     b = make_basis(basis)
     b.check_head(layer, head)
     w = b.w
     if not full:
-        return factored_eigenvalues(w.W_Q[layer, head], w.W_K[layer, head].T)
+        return w.W_Q[layer, head], w.W_K[layer, head].T
     E = b.embed if embed is None else embed
-    return factored_eigenvalues(E @ w.W_Q[layer, head], (E @ w.W_K[layer, head]).T)
+    return E @ w.W_Q[layer, head], (E @ w.W_K[layer, head]).T
 
 
 def ov_copying(basis, layer: int, head: int) -> EigenSummary:
-    """Copying summary of the full OV circuit (tokens through the norm)."""
-    return summarize(ov_eigenvalues(basis, layer, head))
+    """Copying summary of the full OV circuit (tokens through the norm); what ``run_circuits`` stores as the
+    head scores ``ov_copying`` / ``ov_positive_share``."""
+    return factored_summary(*_ov_eigen_factors(basis, layer, head, True, None, None))
 
 
 def qk_same_token(basis, layer: int, head: int) -> EigenSummary:
-    """Same-token summary of the full QK circuit (positive: a token attends to copies of itself)."""
-    return summarize(qk_eigenvalues(basis, layer, head))
+    """Same-token summary of the full QK circuit (positive: a token attends to copies of itself); what
+    ``run_circuits`` stores as ``qk_same_token`` / ``qk_positive_share``."""
+    return factored_summary(*_qk_eigen_factors(basis, layer, head, True, None))

@@ -1,9 +1,10 @@
 """Compute every weight-based circuit analysis of a model and store it in the book.
 
-Work is split into tasks (norm scales, direct path, one per head, one per neuron layer and path, composition,
-virtual heads, detectors). Each task's results and its "done" mark are written in one transaction, so an
-interrupted run leaves only whole tasks behind and the next run resumes after them. Changing any setting
-(or the model, or the corpus) recomputes everything.
+The analyses are the registered tasks of :mod:`.tasks` (the built-in ones in :mod:`.builtin_tasks`: norm
+scales, direct path, one unit per head, one per neuron layer and path, composition, virtual heads,
+detectors), run in registration order. Each unit's results and its "done" mark are written in one
+transaction, so an interrupted run leaves only whole units behind and the next run resumes after them.
+Changing any setting (or the model, or the corpus) recomputes everything.
 """
 
 from __future__ import annotations
@@ -12,22 +13,15 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 
 from ..book import circuits as store
 from ..book.core import Book
-from .basis import NormScales, make_basis, measure_scales
-from .composition import composition_scores, virtual_head
-from .detectors import detector_scores
-from .direct_path import bigram_table, direct_path_loss
-from .eigen import factored_eigenvalues, summarize
-from .neuron_in import input_paths, neuron_input_effects
-from .neuron_out import neuron_output_effects, output_paths
-from .ov import head_name, ov_factors, ov_tops
-from .qk import positional_qk, qk_tops
-from .skip_trigrams import skip_trigrams
+from . import builtin_tasks  # noqa: F401  (registers the built-in analyses)
+from .basis import NormScales  # noqa: F401  (re-exported: run.NormScales)
+from .tasks import CircuitTask, TaskContext, registered_tasks
 
 
 @dataclasses.dataclass
@@ -96,13 +90,17 @@ def _stories_id(stories) -> tuple[str | None, list[str] | str | None]:
     return hashlib.sha256("\x00".join(stories).encode()).hexdigest()[:16], stories
 
 
-def _batches(model, stories, s: CircuitsSettings):
-    from itertools import islice
+class _Unit(NamedTuple):
+    """One unit of work: a task, its argument and the done mark it leaves in the book."""
 
-    from ..corpus import batches, read_stories
+    task: CircuitTask
+    arg: Any
+    mark: str
 
-    src = read_stories(stories) if isinstance(stories, str) else iter(stories)
-    return batches(islice(src, s.max_stories), model.tokenizer, max_len=min(256, model.cfg.n_ctx), batch_size=4)
+
+def _plan(cfg, s: CircuitsSettings, has_corpus: bool) -> list[_Unit]:
+    """Every unit of every registered task for this model, in run order."""
+    return [_Unit(t, a, t.done_mark(a)) for t in registered_tasks() for a in t.units(cfg, s, has_corpus)]
 
 
 def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None = None,
@@ -127,14 +125,7 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
     done = store.done_tasks(book)
     notes: list[str] = []
 
-    heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    tasks = ["scales"] + (["direct_path_loss"] if stories is not None else []) + ["bigram"]
-    tasks += [f"head:{head_name(l, h)}" for l, h in heads]
-    tasks += [f"neuron_out:{l}:{store._via_key(v)}" for l in range(cfg.n_layers) for v in output_paths(cfg, l)]
-    tasks += [f"neuron_in:{l}:{store._via_key(v)}" for l in range(cfg.n_layers) for v in input_paths(cfg, l)]
-    if cfg.n_layers > 1:
-        tasks += ["composition", "virtual"]
-    tasks += ["detectors"]
+    units = _plan(cfg, s, stories is not None)
     if cfg.positional == "rotary":
         notes.append("rotary positions: no W_pos, so no positional QK profile; QK token circuits are the "
                      "scores at relative offset 0")
@@ -146,25 +137,20 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tasks), desc="circuits", unit="task")
+        bar = tqdm(total=len(units), desc="circuits", unit="task")
     computed = skipped = 0
-    basis = None
+    ctx = TaskContext(model, book, s, stories)
     try:
-        for task in tasks:
+        for unit in units:
             if bar is not None:
-                bar.set_postfix_str(task)
-            if task in done:
+                bar.set_postfix_str(unit.mark)
+            if unit.mark in done:
                 skipped += 1
                 if bar is not None:
                     bar.update(1)
                 continue
-            if basis is None and task != "scales":
-                scales = store.summary(book, "scales")
-                basis = make_basis(model, NormScales(**scales) if scales else None, s.pos_window)
-            _run_task(task, model, book, basis, stories, s)
+            _run_task(unit, ctx)
             computed += 1
-            if task == "scales":
-                basis = None
             if bar is not None:
                 bar.update(1)
         with book.transaction() as c:
@@ -183,96 +169,13 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
     return summ
 
 
-@torch.inference_mode()
-def _run_task(task: str, model, book: Book, basis, stories, s: CircuitsSettings) -> None:
-    cfg = model.cfg
-    kind, _, arg = task.partition(":")
-    if kind == "scales":
-        sc = measure_scales(model, _batches(model, stories, s), min(s.max_tokens, 4096)) if stories is not None \
-            else NormScales.unit(cfg.n_layers)
-        with book.transaction() as c:
-            store.set_summary(c, "scales", dataclasses.asdict(sc))
-            store.mark_done(c, task)
-    elif kind == "direct_path_loss":
-        d = direct_path_loss(basis, _batches(model, stories, s), s.max_tokens)
-        with book.transaction() as c:
-            store.set_summary(c, "direct_path_loss", dict(dataclasses.asdict(d), explained=d.explained))
-            store.mark_done(c, task)
-    elif kind == "bigram":
-        t = bigram_table(basis, s.k_rows, s.n_pairs)
-        with book.transaction() as c:
-            store.store_rows(c, "bigram", t.top.ids, t.top.vals)
-            store.store_pairs(c, "bigram", 1, t.pairs.rows, t.pairs.cols, t.pairs.vals)
-            store.mark_done(c, task)
-    elif kind == "head":
-        l, h = (int(x) for x in arg[1:].split("H"))
-        ov = ov_tops(basis, l, h, s.k_rows, s.n_pairs, bottom_pairs=True)
-        qk = qk_tops(basis, l, h, s.k_rows, s.n_pairs)
-        ov_e = summarize(factored_eigenvalues(*ov_factors(basis, l, h)))
-        from .eigen import qk_same_token
-
-        qk_e = qk_same_token(basis, l, h)
-        scores = {"ov_copying": ov_e.copying, "ov_positive_share": ov_e.positive_share,
-                  "qk_same_token": qk_e.copying, "qk_positive_share": qk_e.positive_share}
-        pos = None
-        if basis.pos is not None:
-            pos = positional_qk(basis, l, h, s.max_offset)
-            scores.update(positional_share=pos.positional_share, preferred_offset=pos.preferred_offset)
-        tri = skip_trigrams(qk, ov, s.n_trigrams)
-        with book.transaction() as c:
-            for name, t in (("ov", ov), ("qk", qk)):
-                key = f"{name}:{arg}"
-                store.store_rows(c, key, t.top.ids, t.top.vals)
-                store.store_pairs(c, key, 1, t.top_pairs.rows, t.top_pairs.cols, t.top_pairs.vals)
-                if t.bottom_pairs is not None:
-                    store.store_pairs(c, key, -1, t.bottom_pairs.rows, t.bottom_pairs.cols, t.bottom_pairs.vals)
-            store.store_head_scores(c, l, h, scores)
-            if pos is not None:
-                store.store_profile(c, l, h, "positional_qk", pos.profile)
-            store.store_trigrams(c, l, h, tri.key, tri.query, tri.output, tri.qk, tri.ov, tri.score)
-            store.mark_done(c, task)
-    elif kind in ("neuron_out", "neuron_in"):
-        layer, via_s = arg.split(":")
-        via = tuple(int(x) for x in via_s[1:].split("H")) if via_s else None
-        fn = neuron_output_effects if kind == "neuron_out" else neuron_input_effects
-        e = fn(basis, int(layer), via, s.k)
-        with book.transaction() as c:
-            store.store_effects(c, kind, int(layer), via_s, e.top.ids, e.top.vals, e.bottom.ids, e.bottom.vals, e.norms)
-            store.mark_done(c, task)
-    elif kind == "composition":
-        cs = composition_scores(basis)
-        with book.transaction() as c:
-            for m in ("Q", "K", "V"):
-                store.store_composition(c, m, cs[m])
-            store.mark_done(c, task)
-    elif kind == "virtual":
-        comp = store.top_compositions(book, "V", s.n_virtual)
-        with book.transaction() as c:
-            for l1, h1, l2, h2, score in comp:
-                vh = virtual_head(basis, l1, h1, l2, h2, s.k_rows, s.n_pairs, v_score=score)
-                key = f"ov:{vh.tops.name}"
-                store.store_rows(c, key, vh.tops.top.ids, vh.tops.top.vals)
-                store.store_pairs(c, key, 1, vh.tops.top_pairs.rows, vh.tops.top_pairs.cols, vh.tops.top_pairs.vals)
-                store.store_pairs(c, key, -1, vh.tops.bottom_pairs.rows, vh.tops.bottom_pairs.cols,
-                                  vh.tops.bottom_pairs.vals)
-                store.store_virtual(c, l1, h1, l2, h2, score, vh.eigen.copying, vh.eigen.positive_share)
-            store.mark_done(c, task)
-    elif kind == "detectors":
-        tok = model.tokenizer
-        specials = tuple(i for i in {getattr(tok, "bos_id", None), getattr(tok, "eos_id", None),
-                                     cfg.bos_token_id, cfg.eos_token_id} if i is not None)
-        n_usable = cfg.d_vocab - len(specials)
-        seq_len = max(2, min(s.detector_len, (cfg.n_ctx - 1) // 2, n_usable))
-        d = detector_scores(model, s.detector_seqs, seq_len, s.seed, exclude=specials)
-        with book.transaction() as c:
-            for l in range(cfg.n_layers):
-                for h in range(cfg.n_heads):
-                    store.store_head_scores(c, l, h, {n: float(d[n][l, h]) for n in
-                                                      ("previous_token", "duplicate_token", "induction")})
-            store.set_summary(c, "detectors", {"seq_len": seq_len, "n_seqs": s.detector_seqs, "seed": s.seed})
-            store.mark_done(c, task)
-    else:  # pragma: no cover
-        raise ValueError(f"unknown circuits task {task!r}")
+def _run_task(unit: _Unit, ctx: TaskContext) -> None:
+    """Compute one unit, then store its result and its done mark in one transaction."""
+    with torch.inference_mode():
+        result = unit.task.compute(ctx, unit.arg)
+    with ctx.book.transaction() as c:
+        unit.task.store(c, unit.arg, result)
+        store.mark_done(c, unit.mark)
 
 
 def _summarize(book: Book, computed: int, skipped: int, seconds: float, notes: list[str]) -> CircuitsSummary:

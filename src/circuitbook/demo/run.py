@@ -70,7 +70,7 @@ def run_demo(out_dir: str | Path = "circuitbook-demo", seed: int = 0, echo=print
     from ..book import circuits as bc
 
     for name, n in planted.items():
-        eff = bc.neuron_output_effect(book, 0, n)
+        eff = bc.stored_neuron_output_effect(book, 0, n)
         writes = set(truth["rules"][name]["writes"])
         k = min(len(writes), len(eff.top))
         got = sum(t in writes for t in eff.top.ids[:k])

@@ -78,7 +78,7 @@ def _circuits_summary(book: Book) -> dict:
     if cfg is not None:
         for l in range(cfg["n_layers"]):
             for i in range(cfg["d_mlp"]):
-                e = c.neuron_output_effect(book, l, i, k=5)
+                e = c.stored_neuron_output_effect(book, l, i, k=5)
                 if e is not None:
                     out[("neuron", l, i)] = {"promotes": e.top.strs}
     return out
