@@ -3,6 +3,7 @@
 import torch
 
 from circuitbook.circuits import make_basis, ov_matrix, ov_tops
+from circuitbook.circuits.ov import ov_factors
 from circuitbook.circuits.basis import NormScales, normalize
 
 
@@ -18,6 +19,16 @@ def raw_ov(w, layer, head, final_scale=1.0):
         out = out - out.mean(-1, keepdim=True)
     logits = (out * w.lnf_w / final_scale) @ w.W_U
     return logits - logits.mean(-1, keepdim=True)
+
+
+def test_ov_factors_on_token_subsets_are_the_brute_force_submatrix(any_model):
+    w = any_model.weights
+    src, out = torch.tensor([5, 1, 9]), torch.tensor([0, 7, 3, 11])
+    A, B = ov_factors(any_model, 0, 2, src, out)
+    M = raw_ov(w, 0, 2)
+    centred = M - M[:, out].mean(-1, keepdim=True)  # raw_ov centres over the whole vocabulary
+    got = A @ B
+    torch.testing.assert_close(got - got.mean(-1, keepdim=True), centred[src][:, out], atol=1e-4, rtol=1e-4)
 
 
 def test_ov_matrix_and_tops_match_brute_force(any_model):

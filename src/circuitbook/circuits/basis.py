@@ -27,7 +27,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitbookError
+from ..model.maths import normalize
 from ..model.weights import Weights
+
+DEFAULT_POS_WINDOW = 256  # positions averaged into a token's input (the circuits stage's default)
 
 
 class CircuitError(CircuitbookError, ValueError):
@@ -49,14 +52,6 @@ class NormScales:
     @classmethod
     def unit(cls, n_layers: int) -> "NormScales":
         return cls([1.0] * n_layers, [1.0] * n_layers, 1.0)
-
-
-def normalize(x: Tensor, norm: str, eps: float) -> Tensor:
-    """The weightless norm of the processed basis: LayerNorm (centre, then divide by RMS) or RMSNorm."""
-    x = x.float()
-    if norm == "LN":
-        x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 @dataclasses.dataclass
@@ -91,7 +86,7 @@ class Basis:
             raise CircuitError(f"no neuron {layer}.{idx}: the model has {c.n_layers} layers x {c.d_mlp} neurons")
 
 
-def make_basis(weights, scales: NormScales | None = None, pos_window: int = 256) -> Basis:
+def make_basis(weights, scales: NormScales | None = None, pos_window: int = DEFAULT_POS_WINDOW) -> Basis:
     """Build the :class:`Basis` from a ``Model``, raw ``Weights`` or an existing Basis (returned as is)."""
     if isinstance(weights, Basis):
         return weights
@@ -103,14 +98,27 @@ def make_basis(weights, scales: NormScales | None = None, pos_window: int = 256)
     w = w if "fold_ln" in w.processing else w.processed()
     if cfg.norm == "LN" and "center_reading_weights" not in w.processing:
         w = center_reading_weights(w)
-    norm = lambda x: normalize(x, cfg.norm, cfg.eps)  # noqa: E731
-    if w.W_pos is not None:
-        n = max(1, min(pos_window, w.W_pos.shape[0]))
-        embed = norm(w.W_E + w.W_pos[:n].mean(0))
-        pos = norm(w.W_pos[:n] + w.W_E.mean(0))
-    else:
-        n, embed, pos = 0, norm(w.W_E), None
+    n = position_window(w, pos_window)
+    embed = token_inputs(w, None, n)
+    pos = None if w.W_pos is None else normalize(w.W_pos[:n] + w.W_E.mean(0), cfg.norm, cfg.eps)
     return Basis(w, embed.contiguous(), pos, scales or NormScales.unit(cfg.n_layers), n)
+
+
+def position_window(w: Weights, pos_window: int = DEFAULT_POS_WINDOW) -> int:
+    """How many positions (from 0) a token's input averages over: ``pos_window`` clipped to the model's
+    positions (at least 1); 0 for rotary models (no W_pos)."""
+    return 0 if w.W_pos is None else max(1, min(pos_window, w.W_pos.shape[0]))
+
+
+def token_inputs(w: Weights, ids: Tensor | None = None, pos_window: int = DEFAULT_POS_WINDOW) -> Tensor:
+    """[len(ids), d_model] (every token when ids is None) what a weightless norm outputs for each token at an
+    average position: ``normalize(W_E[t] + mean(W_pos[:pos_window]))``; ``normalize(W_E[t])`` for rotary
+    models. ``w`` must be processed (norm weights folded) for this to be what the model's first norm reads."""
+    x = (w.W_E if ids is None else w.W_E[torch.as_tensor(ids, device=w.W_E.device)]).float()
+    n = position_window(w, pos_window)
+    if n:
+        x = x + w.W_pos[:n].float().mean(0)
+    return normalize(x, w.cfg.norm, w.cfg.eps)
 
 
 def center_reading_weights(w: Weights) -> Weights:

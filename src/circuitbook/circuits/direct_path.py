@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .basis import Basis, make_basis, normalize
+from ..model.maths import normalize
+from .basis import Basis, make_basis
 from .screened_topk import Pairs, RowTops, chunked_tops, factored_row_fn
 
 
@@ -78,7 +79,7 @@ def direct_path_loss(basis, token_batches: Iterable, max_tokens: int = 50_000, f
 
     Position p predicts token p+1 when both are real tokens. ``full`` also runs the real model for comparison.
     """
-    from ..model.forward import run
+    from ..model.forward import log_probs
 
     b = make_basis(basis)
     cfg, w = b.cfg, b.w
@@ -96,8 +97,7 @@ def direct_path_loss(basis, token_batches: Iterable, max_tokens: int = 50_000, f
             lp = (x[s:s + 1024] @ w.W_U + w.b_U).log_softmax(-1)
             tot_d -= float(lp.gather(-1, flat_t[s:s + 1024, None]).double().sum())
         if full:
-            lf = run(w, tokens, ["logits"])["logits"]
-            tot_f -= float(lf[:, :-1].log_softmax(-1).gather(-1, tgt[..., None])[..., 0][m].double().sum())
+            tot_f -= float(log_probs(w, tokens)[m].double().sum())
         n += int(m.sum())
         if n >= max_tokens:
             break

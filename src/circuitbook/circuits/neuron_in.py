@@ -1,7 +1,7 @@
 """Neuron input effect: which tokens drive an MLP neuron, read off the weights.
 
 Direct path (any layer): the neuron's value when its MLP reads a residual stream holding only the token,
-``normalize(W_E[t] + mean W_pos)`` (exactly what ln2 outputs then, in the folded basis):
+``normalize(W_E[t] + mean W_pos[:pos_window])`` (exactly what ln2 outputs then, in the folded basis):
 pre-activation ``hook_pre`` for plain MLPs; for gated MLPs (Llama), where no single pre-activation decides,
 the activation ``hook_post = act(x @ W_gate) * (x @ W_in)``.
 
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..model.forward import _act
+from ..model.maths import activation
 from .basis import CircuitError, make_basis
 from .effects import LayerEffects, TokenEffect, effect_from_vector
 from .screened_topk import chunked_tops
@@ -30,18 +30,29 @@ def input_paths(cfg, layer: int) -> list[tuple[int, int] | None]:
     return [None] + [(l2, h) for l2 in range(layer + 1) for h in range(cfg.n_heads)]
 
 
+def direct_input(basis, layer: int, start: int = 0, stop: int | None = None, tokens: Tensor | None = None,
+                 post: bool = False) -> Tensor:
+    """[stop - start, n_tokens] the direct-path value of neurons ``start:stop`` of ``layer`` on each token
+    (every token when ``tokens`` is None), read by the MLP from ``basis.embed`` (see the module docstring):
+    the pre-activation ``hook_pre`` for plain MLPs, the activation ``hook_post`` with ``post=True``; gated
+    MLPs always give ``hook_post``. The one definition of a neuron's token input (typing reads it too)."""
+    b = make_basis(basis)
+    b.check_neuron(layer)
+    w, cfg = b.w, b.cfg
+    E = b.embed if tokens is None else b.embed[torch.as_tensor(tokens, device=b.embed.device)]
+    lin = E @ w.W_in[layer][:, start:stop] + w.b_in[layer][start:stop]
+    if w.W_gate is not None:
+        lin = activation(E @ w.W_gate[layer][:, start:stop], cfg.act_fn) * lin
+    elif post:
+        lin = activation(lin, cfg.act_fn)
+    return lin.T
+
+
 def _row_fn(b, layer: int, via):
     """row_fn(start, stop) -> [neurons start:stop, d_vocab] values along the path."""
-    w, cfg = b.w, b.cfg
+    w = b.w
     if via is None:
-        E = b.embed
-
-        def fn(s, e):
-            lin = E @ w.W_in[layer][:, s:e] + w.b_in[layer][s:e]
-            if w.W_gate is not None:
-                lin = _act(E @ w.W_gate[layer][:, s:e], cfg.act_fn) * lin
-            return lin.T
-        return fn
+        return lambda s, e: direct_input(b, layer, s, e)
     l2, h = via
     b.check_head(l2, h)
     if l2 > layer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .basis import CircuitError, make_basis
@@ -36,6 +37,16 @@ def _factors(b, layer: int, via) -> tuple[Tensor, Tensor]:
     if l2 <= layer:
         raise CircuitError(f"a layer-{layer} neuron only reaches heads of later layers, not layer {l2}")
     return (w.W_out[layer] @ w.W_V[l2, h]) / s.ln1[l2], (w.W_O[l2, h] @ w.W_U) / s.final
+
+
+def direct_output(basis, layer: int, tokens: Tensor | None = None) -> Tensor:
+    """[d_mlp, n_tokens] the direct logit effect of one unit of activation of every neuron of ``layer`` on
+    each token (every token when ``tokens`` is None): ``W_out[layer] @ W_U[:, tokens] / s_final``.
+    The one definition of a neuron's direct output (typing reads it too)."""
+    b = make_basis(basis)
+    b.check_neuron(layer)
+    A, B = _factors(b, layer, None)
+    return A @ (B if tokens is None else B[:, torch.as_tensor(tokens, device=B.device)])
 
 
 def neuron_output_vector(basis, layer: int, idx: int, via: tuple[int, int] | None = None) -> Tensor:

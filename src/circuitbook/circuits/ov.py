@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .basis import make_basis
@@ -23,12 +24,16 @@ def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
-def ov_factors(basis, layer: int, head: int) -> tuple[Tensor, Tensor]:
-    """(A [d_vocab, d_head], B [d_head, d_vocab]) with ``A @ B`` the full OV circuit (rows = source token)."""
+def ov_factors(basis, layer: int, head: int, sources: Tensor | None = None,
+               outputs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(A [d_vocab, d_head], B [d_head, d_vocab]) with ``A @ B`` the full OV circuit (rows = source token);
+    only the rows of token ids ``sources`` / the columns of ``outputs`` when given."""
     b = make_basis(basis)
     b.check_head(layer, head)
     w = b.w
-    return b.embed @ w.W_V[layer, head], (w.W_O[layer, head] @ w.W_U) / b.scales.final
+    E = b.embed if sources is None else b.embed[torch.as_tensor(sources, device=b.embed.device)]
+    W_U = w.W_U if outputs is None else w.W_U[:, torch.as_tensor(outputs, device=w.W_U.device)]
+    return E @ w.W_V[layer, head], (w.W_O[layer, head] @ W_U) / b.scales.final
 
 
 def ov_matrix(basis, layer: int, head: int) -> Tensor:

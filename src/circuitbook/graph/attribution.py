@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CircuitbookError
+from ..model.maths import centre
 
 
 class GraphError(CircuitbookError, ValueError):
@@ -310,11 +311,6 @@ def _trace(w, tokens: Tensor, pos: int) -> _Trace:
     )
 
 
-def _P(x: Tensor, norm: str) -> Tensor:
-    """The norm's centering, applied to reading vectors (last axis): (x - mean x) . a == x . P(a)."""
-    return x - x.mean(-1, keepdim=True) if norm == "LN" else x
-
-
 def _f(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
@@ -348,7 +344,7 @@ def _setup(model, prompt, target, pos, contrast) -> _Setup:
             raise GraphError(f"contrast token {contrast} is the target itself; the difference would be 0")
         u, u_bias = u - W_U[:, contrast], u_bias - b_U[contrast]
     logit = float(trace.xf @ u + u_bias)
-    d = _P(_f(w.lnf_w) * u, w.cfg.norm) / trace.sf[pos]
+    d = centre(_f(w.lnf_w) * u, w.cfg.norm) / trace.sf[pos]
     return _Setup(tokens, pos, target, contrast, u, float(u_bias), d, logit, trace)
 
 
@@ -421,7 +417,7 @@ def _backward(w, s: _Setup) -> _Backward:
         flow[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ g.sum(0))
         flow[f"blocks.{l}.mlp.b_in"] = float((ga * _f(w.b_in[l])).sum())
         flow[f"blocks.{l}.ln2.b"] = float(_f(w.ln2_b[l]) @ raw.sum(0))
-        g = g + _P(raw * _f(w.ln2_w[l]), cfg.norm) / tr.s2[l]
+        g = g + centre(raw * _f(w.ln2_w[l]), cfg.norm) / tr.s2[l]
         # attention: resid_mid = resid_pre + sum_{h,k} pattern[h,q,k] * (LN1(resid_pre[k]) @ W_V[h] + b_V[h]) @ W_O[h] + b_O
         g_mid[l] = g
         y = torch.einsum("qd,hed->hqe", g, _f(w.W_O[l]))  # [n_heads, q, d_head]
@@ -432,7 +428,7 @@ def _backward(w, s: _Setup) -> _Backward:
         flow[f"blocks.{l}.attn.b_O"] = float(_f(w.b_O[l]) @ g.sum(0))
         flow[f"blocks.{l}.attn.b_V"] = float(torch.einsum("hke,he->", t, _f(w.b_V[l])))
         flow[f"blocks.{l}.ln1.b"] = float(_f(w.ln1_b[l]) @ raw.sum(0))
-        g = g + _P(raw * _f(w.ln1_w[l]), cfg.norm) / tr.s1[l]
+        g = g + centre(raw * _f(w.ln1_w[l]), cfg.norm) / tr.s1[l]
         As[l] = a
     v_in = (_embed(w, s.tokens) * g).sum(-1)
     return _Backward(g_mid, g_post, ys, As, g, v_in, vh, vn, flow)
@@ -511,7 +507,7 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
             h, q, k = r // (T * T), (r // T) % T, r % T
             patt = tr.pattern[l][h, q, k]
             out = patt * (tr.v[l][k, h] @ _f(w.W_O[l, h]))
-            rv = patt * _P(_f(w.ln1_w[l]) * (_f(w.W_V[l, h]) @ bw.y[l][h, q]), cfg.norm) / tr.s1[l][k]
+            rv = patt * centre(_f(w.ln1_w[l]) * (_f(w.W_V[l, h]) @ bw.y[l][h, q]), cfg.norm) / tr.s1[l][k]
             nodes.append(Node(f"head/{l}/{h}/{q}/{k}", "head", l, h, q, k, strs[k], float(vals[h, q, k]),
                               float(out @ d_dir) if q == s.pos else 0.0, float(patt),
                               lab.get(("head", l, h))))
@@ -520,7 +516,8 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
             continue
         q, i = r // cfg.d_mlp, r % cfg.d_mlp
         out = tr.post[l][q, i] * _f(w.W_out[l, i])
-        rv = tr.gamma[l][q, i] * bw.a[l][q, i] * _P(_f(w.ln2_w[l]) * _f(w.W_in[l][:, i]), cfg.norm) / tr.s2[l][q]
+        rv = (tr.gamma[l][q, i] * bw.a[l][q, i] * centre(_f(w.ln2_w[l]) * _f(w.W_in[l][:, i]), cfg.norm)
+              / tr.s2[l][q])
         nodes.append(Node(f"neuron/{l}/{i}/{q}", "neuron", l, i, q, None, strs[q], float(vals[q, i]),
                           float(out @ d_dir) if q == s.pos else 0.0, float(tr.post[l][q, i]),
                           lab.get(("neuron", l, i))))

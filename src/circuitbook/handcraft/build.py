@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..model import Model, Weights, run
+from ..model.maths import centre, norm
 from .spec import ClassMap, Direction, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
 from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replace_head, replace_neuron, unit_means
 
@@ -78,13 +79,6 @@ def resolve_tokens(ts: TokenSet, tokenizer, classes: dict[str, list[int]], d_voc
 
 
 # --------------------------------------------------------------------------- calibration
-def _ln(x: Tensor, w: Tensor, b: Tensor, kind: str, eps: float) -> Tensor:
-    x = x.float()
-    if kind == "LN":
-        x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b
-
-
 @dataclasses.dataclass
 class Calibration:
     """What the components read, sampled at real corpus positions (flattened, corpus order).
@@ -130,8 +124,8 @@ def calibrate(weights: Weights, batches: Iterable, max_tokens: int = 16384) -> C
     x_attn, x_mlp, ctx_attn, ctx_mlp = {}, {}, {}, {}
     for l in range(L):
         pre, mid = cat[f"blocks.{l}.hook_resid_pre"], cat[f"blocks.{l}.hook_resid_mid"]
-        x_attn[l] = _ln(pre, weights.ln1_w[l].float(), weights.ln1_b[l].float(), cfg.norm, cfg.eps)
-        x_mlp[l] = _ln(mid, weights.ln2_w[l].float(), weights.ln2_b[l].float(), cfg.norm, cfg.eps)
+        x_attn[l] = norm(pre, weights.ln1_w[l].float(), weights.ln1_b[l].float(), cfg.norm, cfg.eps)
+        x_mlp[l] = norm(mid, weights.ln2_w[l].float(), weights.ln2_b[l].float(), cfg.norm, cfg.eps)
         ctx_attn[l], ctx_mlp[l] = (pre - emb).mean(0), (mid - emb).mean(0)
     return Calibration(tokens, pos, x_attn, x_mlp, ctx_attn, ctx_mlp,
                        float(cat["ln_final.hook_scale"].mean()))
@@ -283,9 +277,7 @@ def _write_vector(ctx: _Ctx, rule: OutputRule, un: _Unembed, gain: float, fit: s
     if g <= 1e-12:
         raise SpecError(f"{rule.where}: this output cannot move those logits (the unembedding gives no gain)")
     v = v * (gain / g)
-    if weights.cfg.norm == "LN":
-        v = v - v.mean()
-    return v
+    return centre(v, weights.cfg.norm)
 
 
 # --------------------------------------------------------------------------- neurons
@@ -316,7 +308,7 @@ def build_neuron(ns: NeuronSpec, ctx: _Ctx, weights: Weights, cal: Calibration) 
         ids = ctx.ids(ns.input).to(cal.tokens.device)
 
         def fallback(t):
-            return _ln(weights.W_E[t].float() + cal.ctx_mlp[l], weights.ln2_w[l].float(), weights.ln2_b[l].float(),
+            return norm(weights.W_E[t].float() + cal.ctx_mlp[l], weights.ln2_w[l].float(), weights.ln2_b[l].float(),
                        cfg.norm, cfg.eps)
 
         try:
@@ -505,16 +497,14 @@ def fit_bigram_embedding(weights: Weights, pairs: Tensor, counts: Tensor, smooth
     u, sv, _ = torch.linalg.svd(resid, full_matrices=False)
     slack = u[:, 0] if sv[0] > 1e-6 else A[:, -1]  # else the least harmful direction
     W_E = weights.W_E.clone()
-    orig = weights.W_E.double()
-    if centred:
-        orig = orig - orig.mean(1, keepdim=True)
+    orig = centre(weights.W_E.double(), cfg.norm)
     for i in tqdm(range(0, len(rows), chunk), desc="bigram direct path", disable=not progress):
         r = rows[i:i + chunk]
         T = bigram_log_probs(pairs, counts, r, V, smoothing) - beta[None]
         T = T - T.mean(1, keepdim=True)
         n = ((T @ Bt.T) / S) @ A.T  # [k, d]
         ms = n.pow(2).mean(1, keepdim=True)
-        sl = slack - slack.mean() if centred else slack
+        sl = centre(slack, cfg.norm)
         # add alpha * slack so that mean(x^2) = 1; slack is orthogonal to n when it is a null direction
         c = (n @ sl)[:, None] * 2 / d
         q = sl.pow(2).mean()

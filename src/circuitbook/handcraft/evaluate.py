@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..model import Weights, run
+from ..model.maths import next_token_log_probs
 
 
 @dataclasses.dataclass
@@ -98,7 +99,7 @@ def recovered(l_ablated: float, l_hand: float, l_orig: float) -> float | None:
 
 
 def _logp(weights: Weights, tokens: Tensor, interventions=None) -> Tensor:
-    return run(weights, tokens, ("logits",), interventions)["logits"][:, :-1].float().log_softmax(-1)
+    return next_token_log_probs(run(weights, tokens, ("logits",), interventions)["logits"].float())
 
 
 class _Groups:

@@ -21,13 +21,13 @@ Tap names follow TransformerLens. Shapes ([batch, pos, ...]):
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .maths import activation, centre, next_token_log_probs, norm_scale
 from .weights import Weights
 
 Intervention = Callable[[Tensor], Tensor]
@@ -78,23 +78,11 @@ class _Taps:
 
 
 def _norm(x: Tensor, w: Tensor, b: Tensor, kind: str, eps: float, tap, name: str) -> Tensor:
-    """LayerNorm (subtract mean) or RMSNorm, computed in fp32, with the scale exposed as a tap."""
+    """:func:`.maths.norm` in fp32, back in x's dtype before the weight, with the scale exposed as a tap."""
     dtype = x.dtype
-    x = x.float()
-    if kind == "LN":
-        x = x - x.mean(-1, keepdim=True)
-    scale = tap(name, (x.pow(2).mean(-1, keepdim=True) + eps).sqrt())
+    x = centre(x.float(), kind)
+    scale = tap(name, norm_scale(x, eps))
     return (x / scale).to(dtype) * w + b
-
-
-def _act(x: Tensor, kind: str) -> Tensor:
-    if kind in ("gelu_new", "gelu_pytorch_tanh"):
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-    if kind == "gelu":
-        return F.gelu(x)
-    if kind == "relu":
-        return F.relu(x)
-    return F.silu(x)
 
 
 def _rotary(x: Tensor, base: float) -> Tensor:
@@ -175,10 +163,10 @@ def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
         x = _norm(resid, w.ln2_w[l], w.ln2_b[l], cfg.norm, cfg.eps, h, "ln2.hook_scale")
         if w.W_gate is not None:
             pre = h("mlp.hook_pre", x @ w.W_gate[l])
-            post = _act(pre, cfg.act_fn) * h("mlp.hook_pre_linear", x @ w.W_in[l] + w.b_in[l])
+            post = activation(pre, cfg.act_fn) * h("mlp.hook_pre_linear", x @ w.W_in[l] + w.b_in[l])
         else:
             pre = h("mlp.hook_pre", x @ w.W_in[l] + w.b_in[l])
-            post = _act(pre, cfg.act_fn)
+            post = activation(pre, cfg.act_fn)
         post = h("mlp.hook_post", post)
         resid = h("hook_resid_post", resid + h("hook_mlp_out", post @ w.W_out[l] + w.b_out[l]))
 
@@ -192,4 +180,4 @@ def log_probs(weights: Weights, tokens: Tensor, interventions: dict[str, Interve
     if tokens.ndim == 1:
         tokens = tokens[None]
     logits = run(weights, tokens, ("logits",), interventions)["logits"]
-    return logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    return next_token_log_probs(logits).gather(-1, tokens[:, 1:, None])[..., 0]

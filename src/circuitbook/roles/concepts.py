@@ -25,9 +25,11 @@ import re
 import numpy as np
 import torch
 
+from ..circuits.basis import make_basis
+from ..circuits.ov import ov_factors
 from ..corpus import pad, sequences
 from ..errors import CircuitbookError
-from .scores import embed, output_effect
+from .scores import output_effect
 
 
 class ConceptError(CircuitbookError, ValueError):
@@ -204,7 +206,8 @@ def concept_search(model, words: str | list[str], stories=None, k: int = 10, uni
         universe_ids = np.flatnonzero(seen) if seen.sum() > 2 * len(C) else np.arange(cfg.d_vocab)
     U = np.union1d(np.asarray(universe_ids), C)
     c_in_U = np.isin(U, C)
-    eff = output_effect(w, U)  # [n_units, N]
+    basis = make_basis(w)  # unit norm scales: z-scores never depend on them
+    eff = output_effect(basis, U)  # [n_units, N]
     z_out = (eff[:, c_in_U].mean(1) - eff.mean(1)) / np.maximum(eff.std(1), 1e-9)
 
     # ---- neuron input side
@@ -256,13 +259,11 @@ def concept_search(model, words: str | list[str], stories=None, k: int = 10, uni
                                top, examples(u)))
 
     # ---- heads
-    wp = w.processed()
-    x_c = embed(wp, np.asarray(C))  # [|C|, d_model]
-    W_U = wp.W_U[:, torch.as_tensor(U)].float()
     head_hits = []
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
-            ov = (x_c @ wp.W_V[l, h].float() @ wp.W_O[l, h].float() @ W_U).numpy()  # [|C|, N]
+            A, B = ov_factors(basis, l, h, np.asarray(C), U)
+            ov = (A @ B).numpy()  # [|C|, N]: the circuits stage's OV circuit, concept sources x universe
             zs = (ov[:, c_in_U].mean(1) - ov.mean(1)) / np.maximum(ov.std(1), 1e-9)
             z_ov = float(zs.mean())
             j = l * cfg.n_heads + h

@@ -6,20 +6,24 @@ vocabulary tokens seen at least ``min_count`` times in the corpus, with their do
 Three score matrices, each [n_units, N] over the universe's tokens (in universe order):
   * activation means  — mean of ``blocks.{l}.mlp.hook_post`` over the corpus positions holding token t
     (from the scan's per-token-id means in the book when present, else computed here by streaming the corpus);
-  * input effect      — direct path from the embedding: ``act(normalize(W_E[t] + mean W_pos) @ W_in + b_in)``
-    on processed weights (ln2 folded), i.e. what the neuron would do on token t with attention removed;
+  * input effect      — direct path from the embedding: ``act(normalize(W_E[t] + mean W_pos[:256]) @ W_in
+    + b_in)`` on processed weights (ln2 folded), i.e. what the neuron would do on token t with attention removed (the
+    circuits stage's definition and position window, :func:`circuitbook.circuits.neuron_in.direct_input`);
   * output effect     — direct logit effect ``W_out[l][n] @ W_U[:, t]`` on processed weights (final norm folded,
-    unembedding centred). The final norm's scale is left out: it rescales a whole row and never reorders tokens.
+    unembedding centred; :func:`circuitbook.circuits.neuron_out.direct_output`). The final norm's scale is left
+    out: it rescales a whole row and never reorders tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
 
+from ..circuits.basis import make_basis, token_inputs
+from ..circuits.neuron_in import direct_input
+from ..circuits.neuron_out import direct_output
 from ..corpus import batches
 from ..errors import CircuitbookError
 from .pos import CLASSES, TokenClasses
@@ -54,47 +58,27 @@ def universe(tc: TokenClasses, min_count: int = 5) -> Universe:
     return Universe(ids, tc.dominant[ids], [tc.dominant_tag(int(i)) or "_UNK" for i in ids], n[ids])
 
 
-def _act(x: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind in ("gelu_new", "gelu_pytorch_tanh"):
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
-    if kind == "gelu":
-        return torch.nn.functional.gelu(x)
-    if kind == "relu":
-        return torch.relu(x)
-    return torch.nn.functional.silu(x)
-
-
 def embed(weights, ids: np.ndarray) -> torch.Tensor:
     """[N, d_model] what the first norm outputs for each token at an average position (processed weights:
-    the norm is weightless). Rotary models have no W_pos."""
-    cfg = weights.cfg
-    x = weights.W_E[torch.as_tensor(ids)].float()
-    if weights.W_pos is not None:
-        x = x + weights.W_pos.float().mean(0)
-    if cfg.norm == "LN":
-        x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + cfg.eps).sqrt()
+    the norm is weightless): the circuits basis' token input (:func:`circuitbook.circuits.basis.token_inputs`,
+    same position window). Rotary models have no W_pos."""
+    return token_inputs(weights, ids).float()
 
 
 @torch.inference_mode()
 def input_effect(weights, ids: np.ndarray) -> np.ndarray:
-    """[n_units, N] the neuron's activation on each token through the direct path (see module docstring)."""
-    w = weights.processed()
-    x = embed(w, ids)
-    out = []
-    for l in range(w.cfg.n_layers):
-        lin = x @ w.W_in[l].float() + w.b_in[l].float()
-        post = _act(x @ w.W_gate[l].float(), w.cfg.act_fn) * lin if w.W_gate is not None else _act(lin, w.cfg.act_fn)
-        out.append(post.T)
-    return torch.cat(out).numpy()
+    """[n_units, N] the neuron's activation on each token through the direct path (see module docstring):
+    the circuits stage's direct input (:func:`circuitbook.circuits.neuron_in.direct_input`), activated."""
+    b = make_basis(weights)
+    return torch.cat([direct_input(b, l, tokens=ids, post=True) for l in range(b.cfg.n_layers)]).numpy()
 
 
 @torch.inference_mode()
 def output_effect(weights, ids: np.ndarray) -> np.ndarray:
-    """[n_units, N] direct logit effect of one unit of activation of each neuron on each token."""
-    w = weights.processed()
-    W_U = w.W_U[:, torch.as_tensor(ids)].float()
-    return torch.cat([w.W_out[l].float() @ W_U for l in range(w.cfg.n_layers)]).numpy()
+    """[n_units, N] direct logit effect of one unit of activation of each neuron on each token: the circuits
+    stage's direct output (:func:`circuitbook.circuits.neuron_out.direct_output`) with unit norm scales."""
+    b = make_basis(weights)
+    return torch.cat([direct_output(b, l, ids) for l in range(b.cfg.n_layers)]).numpy()
 
 
 @torch.inference_mode()
