@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..book import Book
 from ..errors import CircuitbookError
 from .app import STATIC_FILES
+from .links import unit_url
 from .pages import Site
 
 MARKER = ".circuitbook-export"
@@ -71,5 +72,5 @@ def export_site(book: Book | str | Path, out_dir: str | Path, units: Iterable[tu
         _write(root, f"static/{name}", (base / name).read_bytes())
     _write(root, "index.html", site.index_page())
     for kind, layer, idx in tqdm(units, desc="export", unit="page", disable=not progress):
-        _write(root, f"{kind}/{int(layer)}/{int(idx)}.html", site.unit_page(kind, layer, idx))
+        _write(root, unit_url(kind, int(layer), int(idx), root="", static=True), site.unit_page(kind, layer, idx))
     return len(units) + 1
