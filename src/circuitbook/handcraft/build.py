@@ -30,9 +30,9 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..model import Model, Weights, run
+from ..progress import progress as progress_bar
 from .spec import ClassMap, Direction, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
 from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replace_head, replace_neuron, unit_means
 
@@ -508,7 +508,7 @@ def fit_bigram_embedding(weights: Weights, pairs: Tensor, counts: Tensor, smooth
     orig = weights.W_E.double()
     if centred:
         orig = orig - orig.mean(1, keepdim=True)
-    for i in tqdm(range(0, len(rows), chunk), desc="bigram direct path", disable=not progress):
+    for i in progress_bar(range(0, len(rows), chunk), desc="bigram direct path", enabled=progress):
         r = rows[i:i + chunk]
         T = bigram_log_probs(pairs, counts, r, V, smoothing) - beta[None]
         T = T - T.mean(1, keepdim=True)
