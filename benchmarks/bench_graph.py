@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-from circuitbook.graph import ablate, attribute, predict
+from circuitbook.graph import ablate, attribute, predict, to_json, to_svg
 from circuitbook.model import from_hf_model, load_model
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
@@ -46,7 +46,7 @@ def bench(name, hf, model, toks, reps):
         ("attribute, 40 nodes / 150 edges", timed(lambda: attribute(model, toks), reps)),
         ("attribute, 200 nodes / 1000 edges + inputs",
          timed(lambda: attribute(model, toks, max_nodes=200, max_edges=1000, keep_inputs=True), reps)),
-        ("render JSON + SVG", timed(lambda: (json.dumps(g.to_json()), g.to_svg()), reps)),
+        ("render JSON + SVG", timed(lambda: (json.dumps(to_json(g)), to_svg(g)), reps)),
         ("ablate top node", timed(lambda: ablate(model, toks, g.nodes[0].id, g.target), reps)),
         ("predict top-5 every position", timed(lambda: predict(model, toks, 5), reps)),
     ]

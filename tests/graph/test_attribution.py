@@ -9,6 +9,7 @@ import torch
 from circuitbook.errors import CircuitbookError
 from circuitbook.graph import attribute, direct_logit
 from circuitbook.graph.attribution import _backward, _setup
+from circuitbook.web.links import node_url
 from circuitbook.model import run
 
 TOKS = [5, 17, 3, 44, 9, 17, 28, 3]
@@ -132,9 +133,9 @@ def test_ts1l_contrast_and_labels(ts1l):
     assert g.logit == pytest.approx(float(logits[t] - logits[c]), abs=1e-3)
     assert g.target_str == " mat" and g.contrast_str == " dog"
     n = g.node(f"neuron/0/896/{g.pos}")
-    assert n.label == "pronoun -> verb" and n.link == "/neuron/0/896"
+    assert n.label == "pronoun -> verb" and node_url(n) == "/neuron/0/896"
     assert all(x.label == "prev token" for x in g.nodes if x.kind == "head" and x.index == 3)
-    assert next(x for x in g.nodes if x.kind == "head" and x.index == 3).link == "/head/0/3"
+    assert node_url(next(x for x in g.nodes if x.kind == "head" and x.index == 3)) == "/head/0/3"
     # 1-layer: every node sits at the target position and its value is its direct contribution
     # plus what flows through the MLP; the input at pos is the direct path
     assert {x.pos for x in g.nodes} == {g.pos} | {x.pos for x in g.nodes if x.kind == "input"}

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from circuitbook.book import Book
-from circuitbook.graph import ablate, attribute, predict
+from circuitbook.graph import ablate, attribute, predict, to_json
 from circuitbook.web import create_app
 
 from .conftest import live_server
@@ -36,9 +36,11 @@ def test_graph_json_matches_the_graph_stage_and_carries_labels(client, book, ts1
     r = client.get("/api/graph.json", params={"text": PROMPT})
     assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
     g = r.json()
-    ref = attribute(ts1l, PROMPT, labels=book.labelled()).to_json()
+    ref = to_json(attribute(ts1l, PROMPT, labels=book.labelled()))
     assert [n["id"] for n in g["nodes"]] == [n["id"] for n in ref["nodes"]]
     assert g["target"] == ref["target"]
+    assert all(n["link"] == (f"/{n['kind']}/{n['layer']}/{n['index']}" if n["kind"] in ("neuron", "head") else None)
+               for n in g["nodes"])  # the web adds the unit links the graph stage does not carry
     labelled = [n for n in g["nodes"] if n["kind"] == "neuron" and n["index"] == neuron["index"]]
     assert labelled and all(n["label"] == "my <neuron>" for n in labelled)
     svg = client.get("/api/graph.svg", params={"text": PROMPT})

@@ -2,13 +2,14 @@
 
 Each command lives in its own module here and exposes ``register(subparsers)``, which adds a subparser
 whose ``func(args) -> int`` does the work. Errors caused by input (``CircuitbookError``) print one
-line and exit with code 2.
+line and exit with code 2. ``circuitbook --version`` prints ``circuitbook <version>`` and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import pkgutil
 import sys
 import warnings
@@ -17,8 +18,20 @@ from ..errors import CircuitbookError
 from ..model.memory import keep_freed_memory
 
 
+def package_version() -> str:
+    """The installed distribution's version (``importlib.metadata``); the package's ``__version__`` when
+    it runs uninstalled (the two agree: both come from pyproject.toml's version)."""
+    try:
+        return importlib.metadata.version("circuitbook")
+    except importlib.metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuitbook", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"circuitbook {package_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not m.name.startswith("_"):  # _common, __main__ are not commands

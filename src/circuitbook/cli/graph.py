@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..graph import ablate, attribute
+    from ..graph import ablate, attribute, to_json, to_svg
 
     if args.nodes < 1 or args.edges < 0:
         raise CircuitbookError("--nodes must be >= 1 and --edges >= 0")
@@ -58,10 +58,10 @@ def run(args) -> int:
     for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
         print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")
     if args.json:
-        Path(args.json).write_text(json.dumps(g.to_json(), indent=1))
+        Path(args.json).write_text(json.dumps(to_json(g), indent=1))
         print(f"wrote {args.json}")
     if args.svg:
-        Path(args.svg).write_text(g.to_svg())
+        Path(args.svg).write_text(to_svg(g))
         print(f"wrote {args.svg}")
     if args.ablate:
         r = ablate(model, args.prompt, args.ablate, g.target, pos=g.pos, contrast=g.contrast, mode=args.mode)

@@ -24,7 +24,7 @@ def _check(ok: bool) -> str:
 
 def run_demo(out_dir: str | Path = "circuitbook-demo", seed: int = 0, echo=print, progress: bool = True) -> dict:
     from ..circuits.run import run_circuits
-    from ..graph import ablate, attribute
+    from ..graph import ablate, attribute, to_svg
     from ..handcraft import coverage_from_book, evaluate_spec, parse_spec
     from ..scan import scan_corpus
     from ..roles.concepts import concept_search
@@ -118,7 +118,7 @@ def run_demo(out_dir: str | Path = "circuitbook-demo", seed: int = 0, echo=print
     pv = f"neuron/0/{planted['pronoun_verb']}"
     ab = ablate(model, PROMPT, [pv], target=g.target)
     echo(f"   ablating {pv}: logit {ab.logit_before:.2f} -> {ab.logit_after:.2f}")
-    (out / "graph.svg").write_text(g.to_svg())
+    (out / "graph.svg").write_text(to_svg(g))
 
     # 5. handcraft + coverage
     echo("\n[5/6] handcraft the planted rules from their description, splice them in, measure")

@@ -55,221 +55,22 @@ taps (a model run in bf16 agrees to bf16 precision).
 Pruning keeps the logit node plus the ``max_nodes`` nodes of largest |value| (>= ``node_threshold``;
 with ``keep_inputs`` every input token too), then the ``max_edges`` edges among them of largest
 |weight| (>= ``edge_threshold``).
+
+This module is the maths only: the node, edge and graph types (with their ordering and sign conventions)
+are :mod:`.types`, prompt and token handling :mod:`.prompt`, JSON / SVG / HTML :mod:`.render`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from ..errors import CircuitbookError
 from ..model.maths import centre
-
-
-class GraphError(CircuitbookError, ValueError):
-    """A prompt, target token or position that cannot be attributed."""
-
-
-# --------------------------------------------------------------------------- data structures
-@dataclasses.dataclass
-class Node:
-    """One node of an attribution graph.
-
-    ``id``: "input/{pos}", "head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}" or "logit".
-    ``kind``: "input" | "head" | "neuron" | "logit".
-    ``layer``: model layer; -1 for inputs, n_layers for the logit.
-    ``index``: head or neuron index; the token id for inputs and the logit (the target token).
-    ``pos``: the position the node writes to (heads: the query / destination position; logit: target pos).
-    ``src``: heads only: the source (key) position it reads; None otherwise.
-    ``token``: the token string at ``pos`` (heads: at ``src``; logit: the target token's string).
-    ``value``: total effect on the target logit (logit units; the logit node: the logit itself).
-    ``direct``: direct contribution to the logit through the frozen final norm (0 unless pos == target pos).
-    ``activation``: neuron post-activation, head attention weight pattern[q, k], logit for the logit, None
-        for inputs.
-    ``label``: the book's label for the unit (neurons and heads), or None.
-    """
-
-    id: str
-    kind: str
-    layer: int
-    index: int
-    pos: int
-    src: int | None
-    token: str
-    value: float
-    direct: float
-    activation: float | None
-    label: str | None = None
-
-    @property
-    def stage(self) -> int:
-        """Order in the forward: input 0, layer-l heads 2l+1, layer-l neurons 2l+2, logit 2*n_layers+1."""
-        return {"input": 0, "head": 2 * self.layer + 1, "neuron": 2 * self.layer + 2}.get(self.kind, 2 * self.layer + 1)
-
-    @property
-    def link(self) -> str | None:
-        """Where the web page for this unit lives ("/neuron/{layer}/{idx}", "/head/{layer}/{h}")."""
-        if self.kind == "neuron":
-            return f"/neuron/{self.layer}/{self.index}"
-        if self.kind == "head":
-            return f"/head/{self.layer}/{self.index}"
-        return None
-
-    @property
-    def title(self) -> str:
-        """A short human name: "L0 N123 @5", "L1 H3 7<-2", "' cat' @4", "logit ' dog' @9"."""
-        if self.kind == "neuron":
-            return f"L{self.layer} N{self.index} @{self.pos}"
-        if self.kind == "head":
-            return f"L{self.layer} H{self.index} {self.pos}<-{self.src}"
-        if self.kind == "input":
-            return f"{self.token!r} @{self.pos}"
-        return f"logit {self.token!r} @{self.pos}"
-
-
-@dataclasses.dataclass
-class Edge:
-    """``source`` -> ``target`` (node ids); ``weight`` in logit units (see the module docstring)."""
-
-    source: str
-    target: str
-    weight: float
-
-
-@dataclasses.dataclass
-class Graph:
-    """An attribution graph for one prompt and one target logit.
-
-    ``tokens``/``token_strs``: the prompt ids and their strings, in position order (BOS first if added).
-    ``pos``: the target position (non-negative); ``target``/``contrast``: token ids (contrast None unless a
-    logit difference). ``logit``: the forward pass's logit (or difference) — the logit node's value.
-    ``constants``: the direct constant terms (see :func:`direct_logit`); ``bias_flow``: every constant's
-    total effect (sum of input values + sum of bias_flow == logit, over ALL inputs, pruned or not).
-    ``nodes``: kept nodes ordered by layer (inputs, layer 0 heads, layer 0 neurons, ..., logit), then pos,
-    src, index. ``edges``: kept edges ordered by |weight| descending.
-    ``n_candidates``: nodes with nonzero value before pruning; ``settings``: the pruning options used.
-    """
-
-    model: str
-    tokens: list[int]
-    token_strs: list[str]
-    pos: int
-    target: int
-    target_str: str
-    contrast: int | None
-    contrast_str: str | None
-    logit: float
-    constants: dict[str, float]
-    bias_flow: dict[str, float]
-    nodes: list[Node]
-    edges: list[Edge]
-    n_layers: int
-    n_candidates: int
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def node(self, node_id: str) -> Node:
-        for n in self.nodes:
-            if n.id == node_id:
-                return n
-        raise KeyError(node_id)
-
-    def to_json(self) -> dict:
-        from .render import to_json
-
-        return to_json(self)
-
-    def to_svg(self, **kw) -> str:
-        from .render import to_svg
-
-        return to_svg(self, **kw)
-
-    def _repr_html_(self) -> str:
-        from .render import to_html
-
-        return to_html(self)
-
-
-@dataclasses.dataclass
-class DirectLogit:
-    """Direct contributions to one logit through the frozen final norm, at target position ``pos``.
-
-    ``input``: scalar, the input node at pos (the direct path W_E/W_pos -> W_U).
-    ``heads``: [n_layers, n_heads, n_pos] — head (l, h) at query pos from source k (zero for k > pos).
-    ``neurons``: [n_layers, d_mlp] — neuron (l, i) at pos.
-    ``constants``: {"b_U", "ln_final.b", "blocks.{l}.attn.b_O", "blocks.{l}.mlp.b_out"}: floats.
-    ``logit``: the forward's logit; ``total()`` == ``logit`` up to float rounding.
-    """
-
-    input: float
-    heads: Tensor
-    neurons: Tensor
-    constants: dict[str, float]
-    logit: float
-
-    def total(self) -> float:
-        return self.input + float(self.heads.double().sum() + self.neurons.double().sum()) + sum(self.constants.values())
-
-
-# --------------------------------------------------------------------------- inputs
-def _weights(model):
-    return model.weights if hasattr(model, "weights") else model
-
-
-def prompt_tokens(model, prompt: str | Sequence[int] | Tensor, bos: bool = True) -> Tensor:
-    """Prompt (text, id list or tensor [pos] / [1, pos]) -> int64 ids [pos] on the model's device."""
-    w = _weights(model)
-    if isinstance(prompt, str):
-        if getattr(model, "tokenizer", None) is None:
-            raise GraphError("this model has no tokenizer; pass token ids instead of text")
-        if not prompt:
-            raise GraphError("empty prompt")
-        toks = model.to_tokens(prompt, bos=bos)[0]
-    else:
-        toks = torch.as_tensor(prompt, dtype=torch.long).flatten() if not isinstance(prompt, Tensor) \
-            else prompt.flatten().long()
-    if toks.numel() == 0:
-        raise GraphError("empty prompt (no tokens)")
-    if int(toks.min()) < 0 or int(toks.max()) >= w.cfg.d_vocab:
-        raise GraphError(f"token ids must lie in [0, {w.cfg.d_vocab}); got {toks.min().item()}..{toks.max().item()}")
-    n_ctx = w.W_pos.shape[0] if w.W_pos is not None else w.cfg.n_ctx
-    if toks.numel() > n_ctx:
-        raise GraphError(f"prompt has {toks.numel()} tokens; the model takes at most {n_ctx}")
-    return toks.to(w.device)
-
-
-def resolve_token(model, token: int | str, what: str = "target") -> int:
-    """A token id, or a string that encodes to exactly one token (GPT-2 tokens usually start with a space)."""
-    w = _weights(model)
-    if isinstance(token, str):
-        tok = getattr(model, "tokenizer", None)
-        if tok is None:
-            raise GraphError(f"{what} {token!r}: this model has no tokenizer; give a token id")
-        ids = tok.encode(token)
-        if len(ids) != 1:
-            raise GraphError(f"{what} {token!r} is {len(ids)} tokens {ids}, not one; give a single token "
-                             f"(GPT-2-style tokens usually start with a space, e.g. ' cat') or its id")
-        token = ids[0]
-    token = int(token)
-    if not 0 <= token < w.cfg.d_vocab:
-        raise GraphError(f"{what} token id {token} is outside the vocabulary [0, {w.cfg.d_vocab})")
-    return token
-
-
-def _token_str(model, i: int) -> str:
-    tok = getattr(model, "tokenizer", None)
-    if tok is None or i >= tok.vocab_size:
-        return f"<{i}>"
-    return tok.token_str(i)
-
-
-def _position(pos: int, n: int) -> int:
-    p = pos + n if pos < 0 else pos
-    if not 0 <= p < n:
-        raise GraphError(f"position {pos} is outside the prompt's {n} tokens")
-    return p
+from .prompt import position, prompt_tokens, resolve_token, token_str, weights_of
+from .types import DirectLogit, Edge, Graph, GraphError, Node
 
 
 # --------------------------------------------------------------------------- the frozen forward
@@ -329,9 +130,9 @@ class _Setup:
 
 
 def _setup(model, prompt, target, pos, contrast) -> _Setup:
-    w = _weights(model)
+    w = weights_of(model)
     tokens = prompt_tokens(model, prompt)
-    pos = _position(pos, tokens.numel())
+    pos = position(pos, tokens.numel())
     trace = _trace(w, tokens, pos)
     W_U, b_U = _f(w.W_U), _f(w.b_U)
     if target is None:  # the model's own top prediction; one row of the unembedding, not all logits
@@ -356,7 +157,7 @@ def direct_logit(model, prompt, target: int | str | None = None, pos: int = -1,
     one-token string (None: the model's top prediction); ``contrast``: optional second token for a logit
     difference.
     """
-    w = _weights(model)
+    w = weights_of(model)
     s = _setup(model, prompt, target, pos, contrast)
     tr, p, d = s.trace, s.pos, s.d
     heads, neurons = [], []
@@ -459,13 +260,13 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
     ``labels``: {(kind, layer, idx): label} or ``book.labelled()``; kept nodes carry them.
     See the module docstring for what values and weights mean and which sums are exact.
     """
-    w = _weights(model)
+    w = weights_of(model)
     cfg = w.cfg
     s = _setup(model, prompt, target, pos, contrast)
     bw = _backward(w, s)
     tr, T, L, H = s.trace, s.tokens.numel(), cfg.n_layers, cfg.n_heads
     toks = [int(t) for t in s.tokens.tolist()]
-    strs = [_token_str(model, t) for t in toks]
+    strs = [token_str(model, t) for t in toks]
     lab = _label_map(labels)
 
     # ---- choose nodes: all candidate values in one flat vector (inputs, then per layer heads, neurons)
@@ -523,7 +324,7 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
                           lab.get(("neuron", l, i))))
         outs.append((q, 2 * l + 2, out))
         reads.append((q, 2 * l + 2, rv))
-    tgt_str = _token_str(model, s.target)
+    tgt_str = token_str(model, s.target)
     nodes.append(Node("logit", "logit", L, s.target, s.pos, None, tgt_str, s.logit, s.logit, s.logit))
     outs.append(None)
     reads.append((s.pos, 2 * L + 1, d_dir))
@@ -556,7 +357,7 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
     return Graph(
         model=str(getattr(model, "source", "")), tokens=toks, token_strs=strs, pos=s.pos, target=s.target,
         target_str=tgt_str, contrast=s.contrast,
-        contrast_str=_token_str(model, s.contrast) if s.contrast is not None else None,
+        contrast_str=token_str(model, s.contrast) if s.contrast is not None else None,
         logit=s.logit, constants=_direct_constants(w, s), bias_flow=bw.bias_flow, nodes=nodes, edges=edges, n_layers=L,
         n_candidates=n_candidates,
         settings=dict(max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .attribution import GraphError, _position, _token_str, _weights, prompt_tokens, resolve_token
+from .prompt import position, prompt_tokens, resolve_token, token_str, weights_of
+from .types import GraphError
 from .predictions import top_tokens
 
 
@@ -184,9 +185,9 @@ def ablate(model, prompt, nodes: Ablation | str | Sequence[Ablation | str], targ
 
     if mode not in ("zero", "mean"):
         raise GraphError(f"mode must be 'zero' or 'mean', not {mode!r}")
-    w = _weights(model)
+    w = weights_of(model)
     toks = prompt_tokens(model, prompt)
-    p = _position(pos, toks.numel())
+    p = position(pos, toks.numel())
     if isinstance(nodes, (str, Ablation)):
         nodes = [nodes]
     abl = [Ablation.from_node_id(n) if isinstance(n, str) else n for n in nodes]
@@ -213,7 +214,7 @@ def ablate(model, prompt, nodes: Ablation | str | Sequence[Ablation | str], targ
         return float(lg[tgt] - (lg[ctr] if ctr is not None else 0.0))
 
     return InterventionResult(
-        target=tgt, target_str=_token_str(model, tgt), contrast=ctr, pos=p, mode=mode,
+        target=tgt, target_str=token_str(model, tgt), contrast=ctr, pos=p, mode=mode,
         ablations=[a.describe() for a in abl], logit_before=val(before), logit_after=val(after),
         delta=val(after) - val(before), logprob_before=float(before.log_softmax(-1)[tgt]),
         logprob_after=float(after.log_softmax(-1)[tgt]), top_before=top_tokens(before, model, k),

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from .attribution import _token_str, _weights, prompt_tokens
+from .prompt import prompt_tokens, token_str, weights_of
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ def predict(model, prompt, k: int = 5) -> list[Prediction]:
     from ..model.forward import run
 
     toks = prompt_tokens(model, prompt)
-    logits = run(_weights(model), toks[None], ("logits",))["logits"][0].float()  # [pos, d_vocab]
+    logits = run(weights_of(model), toks[None], ("logits",))["logits"][0].float()  # [pos, d_vocab]
     logp = logits.log_softmax(-1)
     top = logp.topk(min(k, logp.shape[-1]), dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
@@ -46,10 +46,10 @@ def predict(model, prompt, k: int = 5) -> list[Prediction]:
         nxt = ids[p + 1] if p + 1 < len(ids) else None
         rank = int((logp[p] > logp[p, nxt]).sum()) if nxt is not None else None
         out.append(Prediction(
-            pos=p, token=t, token_str=_token_str(model, t),
-            top=[(int(i), _token_str(model, int(i)), float(lp.exp()), float(logits[p, i]))
+            pos=p, token=t, token_str=token_str(model, t),
+            top=[(int(i), token_str(model, int(i)), float(lp.exp()), float(logits[p, i]))
                  for lp, i in zip(top.values[p], top.indices[p])],
-            next_token=nxt, next_str=_token_str(model, nxt) if nxt is not None else None,
+            next_token=nxt, next_str=token_str(model, nxt) if nxt is not None else None,
             next_prob=float(logp[p, nxt].exp()) if nxt is not None else None, next_rank=rank,
             entropy=float(entropy[p]),
         ))
@@ -61,4 +61,4 @@ def top_tokens(logits: torch.Tensor, model, k: int = 5) -> list[tuple[int, str, 
     logits = logits.float()
     lp = logits.log_softmax(-1)
     v, i = lp.topk(min(k, lp.numel()))
-    return [(int(j), _token_str(model, int(j)), float(x.exp()), float(logits[j])) for x, j in zip(v, i)]
+    return [(int(j), token_str(model, int(j)), float(x.exp()), float(logits[j])) for x, j in zip(v, i)]

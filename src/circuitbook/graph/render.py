@@ -11,27 +11,36 @@ JSON schema ("circuitbook.graph/1"), every float in logit units unless noted:
      "n_layers": int, "n_candidates": int, "settings": {...pruning options...},
      "nodes": [{"id": str, "kind": "input"|"head"|"neuron"|"logit", "layer": int, "index": int,
                 "pos": int, "src": int|null, "token": str, "value": float, "direct": float,
-                "activation": float|null, "label": str|null, "title": str, "link": str|null}],
+                "activation": float|null, "label": str|null, "title": str}],
      "edges": [{"source": node id, "target": node id, "weight": float}]}   # |weight| descending
 
-Node fields are those of :class:`~circuitbook.graph.attribution.Node` (ids "input/{pos}",
-"head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}", "logit"); "title" and "link" are derived.
+Node fields are those of :class:`~circuitbook.graph.types.Node` (ids "input/{pos}",
+"head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}", "logit"; ordering and edge signs are
+documented in :mod:`circuitbook.graph.types`); "title" is derived. The graph stage knows no URLs: the web
+layer's JSON endpoint adds a "link" to each node (``circuitbook.web.links.node_url``), and :func:`from_json`
+ignores it.
 
 SVG layout: one row per stage of the forward, inputs at the bottom, then for each layer its heads and
 its neurons, the logit on top; within a row nodes are ordered by position, source, index. Edge width is
-proportional to |weight|, blue for positive, red for negative. Every node is an ``<a>`` (when it has a
-link) or ``<g>`` with ``class="cb-node"`` and ``data-id`` (the node id), so a page can navigate or
+proportional to |weight|, blue for positive, red for negative. Every node is an ``<a>`` (when the caller's
+``link(node)`` gives it an href; the web passes ``circuitbook.web.links.node_url``) or ``<g>`` with ``class="cb-node"`` and ``data-id`` (the node id), so a page can navigate or
 attach handlers (e.g. ablate on click). All text is escaped; control characters are shown as ``\\xNN``.
+
+Jupyter: :func:`show` wraps a graph in a :class:`GraphView` whose ``_repr_html_`` is :func:`to_html`; when
+imported under IPython this module also registers :func:`to_html` as the HTML display of :class:`Graph`,
+so a bare ``g`` in a cell renders inline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
+import sys
 from typing import Callable
 
-from .attribution import Edge, Graph, Node
+from .types import Edge, Graph, GraphError, Node
 
 SCHEMA = "circuitbook.graph/1"
 
@@ -48,7 +57,7 @@ def to_json(g: Graph) -> dict:
                    "contrast_str": g.contrast_str, "logit": g.logit},
         "constants": dict(g.constants), "bias_flow": dict(g.bias_flow),
         "n_layers": g.n_layers, "n_candidates": g.n_candidates, "settings": dict(g.settings),
-        "nodes": [{**{f: getattr(n, f) for f in _NODE_FIELDS}, "title": n.title, "link": n.link} for n in g.nodes],
+        "nodes": [{**{f: getattr(n, f) for f in _NODE_FIELDS}, "title": n.title} for n in g.nodes],
         "edges": [{"source": e.source, "target": e.target, "weight": e.weight} for e in g.edges],
     }
 
@@ -62,8 +71,6 @@ def from_json(d: dict | str) -> Graph:
     if isinstance(d, str):
         d = json.loads(d)
     if d.get("schema") != SCHEMA:
-        from .attribution import GraphError
-
         raise GraphError(f"not a circuitbook graph (schema {d.get('schema')!r}, expected {SCHEMA!r})")
     t = d["target"]
     return Graph(
@@ -128,8 +135,9 @@ def _rows(g: Graph) -> list[tuple[str, list[Node]]]:
 
 
 def to_svg(g: Graph, link: Callable[[Node], str | None] | None = None, node_w: int = 96, row_h: int = 96) -> str:
-    """A standalone SVG document (string). ``link(node)`` gives each node's href (default ``node.link``)."""
-    link = link or (lambda n: n.link)
+    """A standalone SVG document (string). ``link(node)`` gives each node's href (None, or no ``link``:
+    the node is a plain ``<g>``)."""
+    link = link or (lambda n: None)
     rows = _rows(g)
     margin, label_w, nh = 20, 70, 34
     widest = max(1, max(len(r) for _, r in rows))
@@ -192,11 +200,43 @@ def to_svg(g: Graph, link: Callable[[Node], str | None] | None = None, node_w: i
     return "\n".join(out)
 
 
-def to_html(g: Graph) -> str:
-    """An HTML fragment for Jupyter: a one-line summary, the SVG, and the strongest edges as a table."""
+def to_html(g: Graph, link: Callable[[Node], str | None] | None = None) -> str:
+    """An HTML fragment for Jupyter: a one-line summary, the SVG (nodes linked by ``link``, as in
+    :func:`to_svg`), and the strongest edges as a table."""
     rows = "".join(f"<tr><td>{esc(e.source)}</td><td>{esc(e.target)}</td><td>{e.weight:+.4f}</td></tr>"
                    for e in g.edges[:10])
     prompt = esc("".join(g.token_strs))
     return (f"<div class='cb-graph'><p><b>prompt</b> {prompt}<br><b>target</b> {esc(repr(g.target_str))} at "
-            f"position {g.pos}: logit {g.logit:.4f}</p>{to_svg(g)}"
+            f"position {g.pos}: logit {g.logit:.4f}</p>{to_svg(g, link)}"
             f"<table><tr><th>source</th><th>target</th><th>weight</th></tr>{rows}</table></div>")
+
+
+# --------------------------------------------------------------------------- Jupyter
+@dataclasses.dataclass(frozen=True)
+class GraphView:
+    """A graph as a notebook shows it: ``show(g)`` as the last line of a cell renders :func:`to_html`."""
+
+    graph: Graph
+    link: Callable[[Node], str | None] | None = None
+
+    def _repr_html_(self) -> str:
+        return to_html(self.graph, self.link)
+
+
+def show(g: Graph, link: Callable[[Node], str | None] | None = None) -> GraphView:
+    """Wrap ``g`` for inline display in Jupyter (``link``: optional node -> href, as in :func:`to_svg`)."""
+    return GraphView(g, link)
+
+
+def register_ipython() -> bool:
+    """Under a running IPython, display every :class:`Graph` as :func:`to_html` (a bare ``g`` in a cell
+    renders inline). Returns whether a shell was found; called once when this module is imported."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return False
+    shell.display_formatter.formatters["text/html"].for_type(Graph, to_html)
+    return True
+
+
+register_ipython()

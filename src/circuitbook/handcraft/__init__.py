@@ -10,8 +10,9 @@ from .build import Built, Calibration, bigram_counts, build, calibrate, fit_bigr
     token_classes_from_book
 from .coverage import Coverage, coverage, coverage_from_book
 from .evaluate import Evaluation, SpecResult, baselines, evaluate, evaluate_spec, mean_loss, recovered
-from .spec import (ClassMap, Direction, DirectSpec, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet,
-                   export_spec, load_spec, parse_spec)
+from .export import export_spec
+from .parse import load_spec, parse_spec
+from .spec import ClassMap, Direction, DirectSpec, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
 from .splice import (SpliceError, UnitMeans, ablate_embedding, ablate_heads, ablate_neurons, ablate_units,
                      add_neurons, replace_head, replace_neuron, resample_interventions, save_checkpoint, unit_means)
 

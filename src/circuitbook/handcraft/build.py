@@ -30,10 +30,10 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..model import Model, Weights, run
 from ..model.maths import centre, norm
+from ..progress import progress as progress_bar
 from .spec import ClassMap, Direction, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
 from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replace_head, replace_neuron, unit_means
 
@@ -498,7 +498,7 @@ def fit_bigram_embedding(weights: Weights, pairs: Tensor, counts: Tensor, smooth
     slack = u[:, 0] if sv[0] > 1e-6 else A[:, -1]  # else the least harmful direction
     W_E = weights.W_E.clone()
     orig = centre(weights.W_E.double(), cfg.norm)
-    for i in tqdm(range(0, len(rows), chunk), desc="bigram direct path", disable=not progress):
+    for i in progress_bar(range(0, len(rows), chunk), desc="bigram direct path", enabled=progress):
         r = rows[i:i + chunk]
         T = bigram_log_probs(pairs, counts, r, V, smoothing) - beta[None]
         T = T - T.mean(1, keepdim=True)

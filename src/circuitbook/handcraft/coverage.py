@@ -17,10 +17,9 @@ import dataclasses
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from tqdm.auto import tqdm
-
 from ..model import Model
 from ..units import all_units, unit_kinds
+from ..progress import progress as progress_bar
 from .evaluate import mean_loss, recovered
 from .splice import WEIGHT_ABLATORS, UnitMeans, ablate_units, unit_means
 
@@ -100,7 +99,7 @@ def coverage(model: Model, units: Iterable[tuple[str, int, int, str]], corpus_ba
     ce_orig, n = mean_loss(w, corpus_batches())
     ce_abl, _ = loss_keeping(set())
     groups = []
-    for name, kind, s in tqdm(sets, desc="coverage", unit="set", disable=not progress):
+    for name, kind, s in progress_bar(sets, desc="coverage", unit="set", enabled=progress):
         if kind == "type" and not s:
             continue
         ce, _ = loss_keeping(s)

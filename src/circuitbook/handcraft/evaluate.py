@@ -20,10 +20,10 @@ from typing import Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..model import Weights, run
 from ..model.maths import next_token_log_probs
+from ..progress import progress as progress_bar
 
 
 @dataclasses.dataclass
@@ -160,7 +160,7 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
     heap: list[tuple[float, int, Tensor, int, float, float]] = []
     counter = 0
     dev = original.device
-    for b in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+    for b in progress_bar(batches, desc="evaluate", unit="batch", enabled=progress):
         tokens = b.tokens.to(dev)
         tgt, m = tokens[:, 1:], b.mask[:, 1:].to(dev)
         if not m.any():

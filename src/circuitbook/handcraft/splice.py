@@ -20,11 +20,11 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import CircuitbookError
 from ..model import Model, Weights, run, save_hf
 from ..units import UnitError, unit_kind
+from ..progress import progress as progress_bar
 
 
 class SpliceError(CircuitbookError, ValueError):
@@ -55,7 +55,7 @@ def unit_means(weights: Weights, batches: Iterable, progress: bool = False) -> U
     head = torch.zeros(L, cfg.n_heads, cfg.d_model, dtype=torch.float64)
     embed = torch.zeros(cfg.d_model, dtype=torch.float64)
     n = 0
-    for b in tqdm(batches, desc="unit means", unit="batch", disable=not progress):
+    for b in progress_bar(batches, desc="unit means", unit="batch", enabled=progress):
         toks, m = b.tokens.to(weights.device), b.mask.to(weights.device)
         out = run(weights, toks, taps)
         for l in range(L):

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..book import Book
 from ..errors import CircuitbookError
+from .links import linked_json, node_url
 from .pages import NotFound, Site, parse_unit
 from .prompt import PromptQuery, PromptRunner
 
@@ -196,12 +197,14 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
 
     @app.get("/api/graph.json")
     def graph_json(request: Request):
-        return JSONResponse(_graph(request).to_json(),
+        return JSONResponse(linked_json(_graph(request)),
                             headers={"Content-Disposition": 'attachment; filename="graph.json"'})
 
     @app.get("/api/graph.svg")
     def graph_svg(request: Request):
-        return Response(_graph(request).to_svg(), media_type="image/svg+xml",
+        from ..graph import to_svg
+
+        return Response(to_svg(_graph(request), link=node_url), media_type="image/svg+xml",
                         headers={"Content-Disposition": 'attachment; filename="graph.svg"'})
 
     @app.get("/{kind}/{layer}/{idx}", response_class=HTMLResponse)

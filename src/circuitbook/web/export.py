@@ -17,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from tqdm import tqdm
-
 from ..book import Book
 from ..errors import CircuitbookError
+from ..progress import progress as progress_bar
 from .app import STATIC_FILES
+from .links import unit_url
 from .pages import Site
 
 MARKER = ".circuitbook-export"
@@ -70,6 +70,6 @@ def export_site(book: Book | str | Path, out_dir: str | Path, units: Iterable[tu
     for name in STATIC_FILES:
         _write(root, f"static/{name}", (base / name).read_bytes())
     _write(root, "index.html", site.index_page())
-    for kind, layer, idx in tqdm(units, desc="export", unit="page", disable=not progress):
-        _write(root, f"{kind}/{int(layer)}/{int(idx)}.html", site.unit_page(kind, layer, idx))
+    for kind, layer, idx in progress_bar(units, desc="export", unit="page", enabled=progress):
+        _write(root, unit_url(kind, int(layer), int(idx), root="", static=True), site.unit_page(kind, layer, idx))
     return len(units) + 1

@@ -23,6 +23,7 @@ from ..book import render
 from ..errors import CircuitbookError
 from ..units import UnitError, kind_names, unit_kind, unit_kinds
 from .index import LABEL_FILTERS, Row, filter_rows, index_rows
+from .links import KINDS, node_url, unit_url
 
 _INT = re.compile(r"^[0-9]{1,9}$")
 
@@ -72,7 +73,7 @@ class Site:
         return "../" * depth if self.static else "/"
 
     def unit_url(self, kind: str, layer: int, idx: int, depth: int = 0) -> str:
-        return f"{self.root(depth)}{kind}/{layer}/{idx}" + (".html" if self.static else "")
+        return unit_url(kind, layer, idx, self.root(depth), self.static)
 
     @property
     def kinds(self) -> list[tuple[str, str]]:
@@ -188,6 +189,8 @@ class Site:
         target that is not one token, a position outside the prompt...) shows on the page with 400."""
         from urllib.parse import urlencode
 
+        from ..graph import to_svg
+
         graph = preds = ablation = None
         error, status = None, 200
         if q.text:
@@ -199,10 +202,10 @@ class Site:
                     ablation = runner.ablation(q, graph.target, graph.pos)
             except CircuitbookError as e:
                 error, status = str(e), 400
-        svg = Markup(graph.to_svg(link=lambda n: n.link)) if graph is not None else None
+        svg = Markup(to_svg(graph, link=node_url)) if graph is not None else None
         base = q.params(ablate=())
         return self._page(
-            "prompt.html", 0, q=q, graph=graph, preds=preds, ablation=ablation, error=error, svg=svg,
+            "prompt.html", 0, q=q, graph=graph, preds=preds, ablation=ablation, error=error, svg=svg, node_url=node_url,
             query=urlencode(q.params()), query_no_ablate=urlencode(base),
             base_params=[(k, v) for k, v in base if k != "mode"],
             pred_link=lambda pos, tid: urlencode(q.params(pos=pos, target_id=tid, target="", ablate=())),

@@ -1,0 +1,37 @@
+"""Every URL the web layer gives a unit: one definition for the server, the static export and the graph SVG.
+
+    unit_url("neuron", 0, 5)                          -> "/neuron/0/5"        (the server)
+    unit_url("neuron", 0, 5, root="../../", static=True) -> "../../neuron/0/5.html"  (the export, from depth 2)
+    node_url(node)                                    -> the unit page of a graph node ("/head/0/3" for
+                                                         "head/0/3/7/2"), None for inputs and the logit
+
+The graph stage (``circuitbook.graph``) knows no URLs: the web passes :func:`node_url` as ``to_svg``'s
+``link=`` and adds a "link" to each node of the JSON it serves (:func:`linked_json`).
+"""
+
+from __future__ import annotations
+
+KINDS = ("neuron", "head")  # unit kinds with a page
+
+
+def unit_url(kind: str, layer: int, idx: int, root: str = "/", static: bool = False) -> str:
+    """The page of unit (kind, layer, idx) under ``root`` ("/" on the server, "../" * depth in the export);
+    ``static``: the export's file name (``.html``)."""
+    return f"{root}{kind}/{layer}/{idx}" + (".html" if static else "")
+
+
+def node_url(node, root: str = "/", static: bool = False) -> str | None:
+    """The unit page of a graph node (its kind, layer and index), or None when it is no unit (input, logit)."""
+    if node.kind not in KINDS:
+        return None
+    return unit_url(node.kind, node.layer, node.index, root, static)
+
+
+def linked_json(graph) -> dict:
+    """The graph's JSON (``circuitbook.graph.to_json``) with each node's "link" (:func:`node_url`) added."""
+    from ..graph import to_json
+
+    d = to_json(graph)
+    for n, j in zip(graph.nodes, d["nodes"]):
+        j["link"] = node_url(n)
+    return d
