@@ -135,9 +135,9 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
     run_id = book.start_run("circuits", want)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress as progress_bar
 
-        bar = tqdm(total=len(units), desc="circuits", unit="task")
+        bar = progress_bar(total=len(units), desc="circuits", unit="task")
     computed = skipped = 0
     ctx = TaskContext(model, book, s, stories)
     try:

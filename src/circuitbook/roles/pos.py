@@ -187,13 +187,13 @@ class TokenClasses:
 def token_classes(stories: Iterable[str], tokenizer, nlp=None, batch_size: int = 64,
                   progress: bool = True, source: dict | None = None) -> TokenClasses:
     """Tag every story and aggregate per token id (see module docstring). Streams: memory is one batch."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     nlp = nlp or load_tagger()
     counts = np.zeros((tokenizer.vocab_size, len(CLASSES)), dtype=np.int64)
     tag_counts: dict[int, dict[str, int]] = {}
     n_stories = n_tokens = 0
-    bar = tqdm(desc="tagging", unit=" stories", disable=not progress)
+    bar = progress_bar(desc="tagging", unit=" stories", enabled=progress)
     for text, doc in _pipe(nlp, stories, batch_size):
         ids = tokenizer.encode(text)
         cls, tags = align(text, tagged(doc), token_spans(tokenizer, text, ids))

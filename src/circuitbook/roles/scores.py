@@ -86,14 +86,14 @@ def activation_means(model, stories, ids: np.ndarray, max_len: int = 256, batch_
                      progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Stream the corpus; return (means [n_units, N], counts [N]): mean hook_post of every neuron over the
     positions holding each universe token (BOS positions excluded). Memory: one batch + [N, n_units]."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     cfg = model.cfg
     pos_of = torch.as_tensor(Universe(ids, ids, [], ids).index(cfg.d_vocab))
     sums = torch.zeros(len(ids), cfg.n_layers * cfg.d_mlp, dtype=torch.float64)
     counts = torch.zeros(len(ids), dtype=torch.float64)
     taps = [f"blocks.{l}.mlp.hook_post" for l in range(cfg.n_layers)]
-    bar = tqdm(desc="activations", unit=" tok", disable=not progress)
+    bar = progress_bar(desc="activations", unit=" tok", enabled=progress)
     for b in batches(stories, model.tokenizer, max_len, batch_size):
         acts = model.run(b.tokens, taps)
         a = torch.cat([acts[t] for t in taps], -1).float().cpu()  # [B, T, n_units]

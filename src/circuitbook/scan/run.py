@@ -267,11 +267,11 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress as progress_bar
 
         total = sum(1 for _ in get_stories()) if s.max_tokens is None else None
-        bar = tqdm(total=total, unit="story", desc="scan" + (f" {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""),
-                   dynamic_ncols=True)
+        bar = progress_bar(total=total, unit="story",
+                           desc="scan" + (f" {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""))
 
     keep_freed_memory()  # batch after batch of [B, H, T, T] buffers: reuse them (model/memory.py)
     if use_kernels(NeuronAccumulator.kernels, model.weights.W_E):
