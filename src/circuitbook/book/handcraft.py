@@ -18,6 +18,7 @@ import math
 import time
 from typing import Any
 
+from ..units import kind_names
 from .core import Book, BookError, Component, register_component
 
 MIGRATIONS = [
@@ -70,7 +71,7 @@ def save_evaluation(book: Book, name: str, spec_text: str, evaluation: dict, uni
              _num(rec.get("zero")), _num(rec.get("mean")), json.dumps(evaluation), time.time()))
         eid = cur.lastrowid
         c.executemany("INSERT INTO handcraft_units (eval_id, kind, layer, idx, role, name) VALUES (?,?,?,?,?,?)",
-                      [(eid, k, l, i, role, nm) for k, l, i, role, nm in units if k in ("neuron", "head")])
+                      [(eid, k, l, i, role, nm) for k, l, i, role, nm in units if k in kind_names()])
     return eid
 
 

@@ -21,6 +21,8 @@ import html
 import math
 from typing import Any, Callable, Iterable, Sequence
 
+from ..units import kind_names, unit_kind, unit_key
+
 Link = Callable[[str, int, int], str]  # (kind, layer, idx) -> URL of that unit's page
 
 
@@ -59,7 +61,7 @@ class Ctx:
         return str(t)
 
     def unit_link(self, kind: str, layer: int, idx: int, text: str | None = None) -> str:
-        key = f"{'N' if kind == 'neuron' else 'H'}{layer}.{idx}"
+        key = unit_key(kind, layer, idx)
         body = esc(text if text is not None else key)
         if self.link is None:
             return body
@@ -316,9 +318,9 @@ def _hist(v: Any) -> tuple[list[float], list[float]] | None:
 
 
 def _unit_ref(v: Any) -> tuple[str, int, int] | None:
-    """A reference to another unit: {'kind', 'layer', 'idx'|'head'|'neuron'}."""
-    if isinstance(v, dict) and v.get("kind") in ("neuron", "head") and isinstance(v.get("layer"), int):
-        idx = _first(v, ("idx", "index", "head", "neuron"))
+    """A reference to another unit: {'kind': a registered unit kind, 'layer', 'idx'|'index'|<the kind's name>}."""
+    if isinstance(v, dict) and v.get("kind") in kind_names() and isinstance(v.get("layer"), int):
+        idx = _first(v, ("idx", "index", v["kind"]))
         if isinstance(idx, int):
             return v["kind"], v["layer"], idx
     return None
@@ -338,7 +340,7 @@ def value_html(v: Any, ctx: Ctx | None = None, depth: int = 0) -> str:
             return examples_html([v], ctx)
         ref = _unit_ref(v)
         if ref is not None and depth > 0:
-            rest = {k: x for k, x in v.items() if k not in ("kind", "layer", "idx", "index", "head", "neuron")}
+            rest = {k: x for k, x in v.items() if k not in ("kind", "layer", "idx", "index", v["kind"])}
             return (ctx or Ctx()).unit_link(*ref) + (" " + value_html(rest, ctx, depth + 1) if rest else "")
         if not v:
             return "<i>(empty)</i>"
@@ -420,12 +422,13 @@ def attention_section_html(sec: Any, ctx: Ctx) -> str:
 
 
 def unit_sections_html(unit, ctx: Ctx | None = None) -> list[str]:
-    """Every section of a unit as HTML, in SECTION_ORDER; heads with scan data get the attention heat map first."""
+    """Every section of a unit as HTML, in SECTION_ORDER; units whose kind has attention statistics (heads)
+    and scan data get the attention heat map first."""
     ctx = ctx or Ctx()
     order = {n: i for i, n in enumerate(SECTION_ORDER)}
     names = sorted(unit.sections, key=lambda n: order.get(n, len(order)))
     out = []
-    if unit.kind == "head" and "scan" in unit.sections:
+    if unit_kind(unit.kind).stats == "attention" and "scan" in unit.sections:
         out.append(attention_section_html(unit.sections["scan"], ctx))
     return out + [section_html(n, unit.sections[n], ctx) for n in names]
 

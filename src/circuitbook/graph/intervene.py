@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..units import unit_kind
 from .prompt import position, prompt_tokens, resolve_token, token_str, weights_of
 from .types import GraphError
 from .predictions import top_tokens
@@ -96,7 +97,7 @@ def _check(w, a: Ablation, n_pos: int) -> None:
     if a.kind != "input":
         if not 0 <= a.layer < cfg.n_layers:
             raise GraphError(f"layer {a.layer} does not exist (the model has {cfg.n_layers})")
-        size = cfg.d_mlp if a.kind == "neuron" else cfg.n_heads
+        size = unit_kind(a.kind).count(cfg, a.layer)
         if not 0 <= a.index < size:
             raise GraphError(f"{a.kind} {a.index} does not exist in layer {a.layer} (it has {size})")
     for p in a.positions or ():

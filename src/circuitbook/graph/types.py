@@ -41,6 +41,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CircuitbookError
+from ..units import kind_names, unit_kind
 
 
 class GraphError(CircuitbookError, ValueError):
@@ -79,8 +80,13 @@ class Node:
 
     @property
     def stage(self) -> int:
-        """Order in the forward: input 0, layer-l heads 2l+1, layer-l neurons 2l+2, logit 2*n_layers+1."""
-        return {"input": 0, "head": 2 * self.layer + 1, "neuron": 2 * self.layer + 2}.get(self.kind, 2 * self.layer + 1)
+        """Order in the forward: input 0, a unit 2l + its kind's sublayer (layer-l heads 2l+1, neurons 2l+2),
+        logit 2*n_layers+1."""
+        if self.kind == "input":
+            return 0
+        if self.kind in kind_names():
+            return 2 * self.layer + unit_kind(self.kind).sublayer
+        return 2 * self.layer + 1
 
     @property
     def title(self) -> str:

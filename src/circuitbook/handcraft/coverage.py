@@ -18,8 +18,8 @@ from collections import defaultdict
 from typing import Callable, Iterable
 
 from ..model import Model
-from ..units import all_units, unit_kinds
 from ..progress import progress as progress_bar
+from ..units import all_units, unit_kinds
 from .evaluate import mean_loss, recovered
 from .splice import WEIGHT_ABLATORS, UnitMeans, ablate_units, unit_means
 

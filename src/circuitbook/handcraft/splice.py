@@ -23,8 +23,8 @@ from torch import Tensor
 
 from ..errors import CircuitbookError
 from ..model import Model, Weights, run, save_hf
-from ..units import UnitError, unit_kind
 from ..progress import progress as progress_bar
+from ..units import UnitError, unit_kind
 
 
 class SpliceError(CircuitbookError, ValueError):

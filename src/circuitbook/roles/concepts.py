@@ -29,6 +29,7 @@ from ..circuits.basis import make_basis
 from ..circuits.ov import ov_factors
 from ..corpus import pad, sequences
 from ..errors import CircuitbookError
+from ..units import unit_key
 from .scores import output_effect
 
 
@@ -85,7 +86,7 @@ class ConceptHit:
 
     @property
     def key(self) -> str:
-        return f"{'N' if self.kind == 'neuron' else 'H'}{self.layer}.{self.idx}"
+        return unit_key(self.kind, self.layer, self.idx)
 
 
 @dataclasses.dataclass

@@ -30,6 +30,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..book import Book
 from ..errors import CircuitbookError
+from ..units import UnitError
+from ..units import parse_unit as parse_unit_text
 from .links import linked_json, node_url
 from .pages import NotFound, Site, parse_unit
 from .prompt import PromptQuery, PromptRunner
@@ -101,12 +103,13 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
 
     @app.get("/go")
     def go(unit: str = ""):
-        u = unit.strip().upper()
-        kind = {"N": "neuron", "H": "head"}.get(u[:1])
-        parts = u[1:].split(".")
-        if kind is None or len(parts) != 2:
-            raise NotFound(f"{unit!r} is not a unit name (write N<layer>.<index> or H<layer>.<index>)")
-        kind, layer, idx = parse_unit(kind, parts[0], parts[1], book.config)
+        try:
+            text = unit.strip()
+            ref = parse_unit_text(text if "/" in text or ":" in text else text.upper())
+        except UnitError:
+            raise NotFound(f"{unit[:60]!r} is not a unit name (write N<layer>.<index>, H<layer>.<index> "
+                           f"or kind/layer/index)") from None
+        kind, layer, idx = parse_unit(ref.kind, ref.layer, ref.idx, book.unit_context())
         return RedirectResponse(site.unit_url(kind, layer, idx), 303)
 
     @app.get("/static/{name}")
@@ -126,11 +129,11 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
 
     @app.get("/api/unit/{kind}/{layer}/{idx}")
     def unit_json(kind: str, layer: str, idx: str):
-        return _unit_json(*parse_unit(kind, layer, idx, book.config))
+        return _unit_json(*parse_unit(kind, layer, idx, book.unit_context()))
 
     @app.post("/api/unit/{kind}/{layer}/{idx}/label")
     async def set_label(kind: str, layer: str, idx: str, request: Request):
-        kind, layer, idx = parse_unit(kind, layer, idx, book.config)
+        kind, layer, idx = parse_unit(kind, layer, idx, book.unit_context())
         ctype = request.headers.get("content-type", "")
         raw = await request.body()
         if ctype.startswith("application/json"):

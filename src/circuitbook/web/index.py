@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Iterable
 
 from ..book import Book
+from ..units import kind_names, sort_key, unit_key
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class Row:
 
     @property
     def key(self) -> str:
-        return f"{'N' if self.kind == 'neuron' else 'H'}{self.layer}.{self.idx}"
+        return unit_key(self.kind, self.layer, self.idx)
 
     @property
     def search_text(self) -> str:
@@ -48,7 +49,7 @@ def index_rows(book: Book) -> list[Row]:
     if book.config is not None:
         keys = list(book.units())
     else:
-        keys = sorted(have, key=lambda k: (k[0] != "neuron", k[1], k[2]))
+        keys = sorted((k for k in have if k[0] in kind_names()), key=lambda k: sort_key(*k))
     rows = {}
     for k in keys:
         r = have.get(k)

@@ -11,7 +11,7 @@ The graph stage (``circuitbook.graph``) knows no URLs: the web passes :func:`nod
 
 from __future__ import annotations
 
-KINDS = ("neuron", "head")  # unit kinds with a page
+from ..units import kind_names
 
 
 def unit_url(kind: str, layer: int, idx: int, root: str = "/", static: bool = False) -> str:
@@ -22,7 +22,7 @@ def unit_url(kind: str, layer: int, idx: int, root: str = "/", static: bool = Fa
 
 def node_url(node, root: str = "/", static: bool = False) -> str | None:
     """The unit page of a graph node (its kind, layer and index), or None when it is no unit (input, logit)."""
-    if node.kind not in KINDS:
+    if node.kind not in kind_names():
         return None
     return unit_url(node.kind, node.layer, node.index, root, static)
 

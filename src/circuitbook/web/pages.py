@@ -23,7 +23,7 @@ from ..book import render
 from ..errors import CircuitbookError
 from ..units import UnitError, kind_names, unit_kind, unit_kinds
 from .index import LABEL_FILTERS, Row, filter_rows, index_rows
-from .links import KINDS, node_url, unit_url
+from .links import node_url, unit_url
 
 _INT = re.compile(r"^[0-9]{1,9}$")
 
@@ -167,7 +167,7 @@ class Site:
 
     # ------------------------------------------------------------------ unit pages
     def unit_page(self, kind: str, layer: Any, idx: Any) -> str:
-        kind, layer, idx = parse_unit(kind, layer, idx, self.book.config)
+        kind, layer, idx = parse_unit(kind, layer, idx, self.book.unit_context())
         try:
             unit = self.book.unit(kind, layer, idx)
         except BookError as e:
@@ -175,7 +175,7 @@ class Site:
         ctx = self.ctx(2)
         sections = [Markup(h) for h in render.unit_sections_html(unit, ctx)]
         history = [] if self.static else self.book.label_history(kind, layer, idx)[-20:][::-1]
-        cfg = self.book.config
+        cfg = self.book.unit_context()
         size = unit_kind(kind).count(cfg, layer) if cfg is not None else None
         prev_url = self.unit_url(kind, layer, idx - 1, 2) if idx > 0 else None
         next_url = self.unit_url(kind, layer, idx + 1, 2) if size is None or idx + 1 < size else None
