@@ -116,7 +116,7 @@ class Graph:
     ``tokens``/``token_strs``: the prompt ids and their strings, in position order (BOS first if added).
     ``pos``: the target position (non-negative); ``target``/``contrast``: token ids (contrast None unless a
     logit difference). ``logit``: the forward pass's logit (or difference) — the logit node's value.
-    ``constants``: the direct constant terms (see :func:`direct_logit`); ``bias_flow``: every constant's
+    ``constants``: the direct constant terms (see :func:`~.attribution.direct_logit`); ``bias_flow``: every constant's
     total effect (sum of input values + sum of bias_flow == logit, over ALL inputs, pruned or not).
     ``nodes``: kept nodes ordered by layer (inputs, layer 0 heads, layer 0 neurons, ..., logit), then pos,
     src, index. ``edges``: kept edges ordered by |weight| descending.
