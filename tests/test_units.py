@@ -135,3 +135,24 @@ def test_a_component_can_say_how_many_units_a_kind_has(tmp_path):
     finally:
         U.unregister_unit_kind("probe")
         _COMPONENTS.pop("probe_test")
+
+
+def test_a_registered_kind_has_web_pages(tmp_path, example_kind):
+    """The web layer knows no 'cell' either: its page, index filter, /go and links come from the registry."""
+    from fastapi.testclient import TestClient
+
+    from circuitbook.book.render import Ctx
+    from circuitbook.web import create_app
+
+    book = Book.open(tmp_path / "b.db")
+    book.bind_model(build_demo().model)
+    book.set_label("cell", 0, 3, label="<cell> label", notes="a residual coordinate")
+    c = TestClient(create_app(book), base_url="http://127.0.0.1")
+    page = c.get("/cell/0/3")
+    assert page.status_code == 200 and "&lt;cell&gt; label" in page.text and "C0.3" in page.text
+    assert c.get(f"/cell/0/{book.config['d_model']}").status_code == 404
+    index = c.get("/", params={"kind": "cell", "q": "cell"})
+    assert index.status_code == 200 and "/cell/0/3" in index.text and "/neuron/0/" not in index.text
+    go = c.get("/go", params={"unit": "c0.3"}, follow_redirects=False)
+    assert go.status_code == 303 and go.headers["location"].endswith("/cell/0/3")
+    assert "C0.3</a>" in Ctx(link=lambda k, l, i: f"/{k}/{l}/{i}").unit_link("cell", 0, 3)
