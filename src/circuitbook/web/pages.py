@@ -80,6 +80,11 @@ class Site:
         """(name, title) of every registered unit kind, for the index's kind filter."""
         return [(k.name, k.title) for k in unit_kinds()]
 
+    @property
+    def kinds_label(self) -> str:
+        """The index filter's "every kind" option: "neurons + heads" (+ any registered kind)."""
+        return " + ".join(f"{title}s" for _, title in self.kinds)
+
     def index_url(self, depth: int = 0) -> str:
         return self.root(depth) + ("index.html" if self.static else "")
 
