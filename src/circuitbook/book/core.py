@@ -8,6 +8,11 @@ Each stage owns its own tables in its own module (``book/scan.py``...) and regis
 ``schema_version``) and optional unit readers/renderers. ``Book.open`` applies whatever is missing, so
 an old book upgrades in place and every schema change is a new migration, never an edit.
 
+Writers: :func:`write_lock` is an advisory lock (``flock`` on ``BOOK.lock``, removed on release) that every
+writing command holds for its whole run, so a second process asked to write the same book refuses with a
+message naming the holder instead of interleaving with it. :func:`close_books` closes every connection this
+process holds on a book (the CLI calls it before removing a book a failed command created).
+
 Units are keyed (kind, layer, idx) with kind "neuron" or "head"; ``idx`` is the neuron index in
 [0, d_mlp) or the head index in [0, n_heads).
 """
@@ -18,11 +23,14 @@ from ..errors import CircuitbookError
 
 import contextlib
 import dataclasses
+import fcntl
 import html
 import json
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -54,6 +62,73 @@ STATUSES = ("none", "hypothesis", "supported", "refuted", "confirmed")
 
 class BookError(CircuitbookError, RuntimeError):
     """The book cannot be used as asked (wrong model, bad key, unreadable file...)."""
+
+
+class BookLockedError(BookError):
+    """Another process holds the book's write lock."""
+
+
+_OPEN: "weakref.WeakSet[Book]" = weakref.WeakSet()  # every Book handle of this process (see close_books)
+
+
+def close_books(path: str | Path | None = None) -> None:
+    """Close every connection (all threads) this process holds on the book at ``path`` (None: on every book)."""
+    want = None if path is None else Path(path).resolve()
+    for book in list(_OPEN):
+        if want is None or book.path.resolve() == want:
+            book.close_all()
+
+
+def lock_path(path: str | Path) -> Path:
+    return Path(str(path) + ".lock")
+
+
+@contextlib.contextmanager
+def write_lock(path: str | Path, what: str = "", wait: float = 0.0) -> Iterator[None]:
+    """Hold the book's advisory write lock for the block; refuse (BookLockedError) if another process holds
+    it for longer than ``wait`` seconds. The lock file is removed on release; a killed holder's lock is
+    released by the kernel and its stale file reused."""
+    lock = lock_path(path)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise BookError(f"cannot lock {path}: {e.strerror} ({lock})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise BookLockedError(f"{path} is being written by another process ({_holder(holder)}); wait for "
+                                      f"it to finish or use another book") from None
+            time.sleep(0.1)
+            continue
+        try:  # the holder we waited for may have removed the file: lock the one at the path
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _holder(text: str) -> str:
+    try:
+        d = json.loads(text)
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d["since"]))
+        return f"pid {d['pid']}: {d.get('what') or 'circuitbook'}, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "unknown holder"
 
 
 @dataclasses.dataclass
@@ -117,6 +192,8 @@ class Book:
         self.path = Path(path)
         self.readonly = readonly
         self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []  # every thread's connection, for close_all
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -133,23 +210,78 @@ class Book:
         if not readonly:
             book.migrate()
         else:
-            book.conn.execute("SELECT 1 FROM meta LIMIT 1")
+            try:
+                book.conn.execute("SELECT 1 FROM meta LIMIT 1")
+            except sqlite3.DatabaseError as e:
+                book.close_all()
+                raise BookError(f"{path} is not a circuitbook book ({e})") from None
         return book
+
+    @staticmethod
+    def check(path: str | Path, must_exist: bool = False) -> bool:
+        """Refuse a path that cannot be (or become) a book, writing nothing; return whether a book is there.
+
+        An existing file must be an SQLite file holding circuitbook's tables (never someone else's database,
+        which ``open`` would add tables to); a new one needs its directory."""
+        path = Path(path)
+        if path.is_dir():
+            raise BookError(f"{path} is a directory, not a book file")
+        if not path.exists():
+            if must_exist:
+                raise BookError(f"no book at {path}")
+            if not path.parent.is_dir():
+                raise BookError(f"directory {path.parent} does not exist")
+            return False
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise BookError(f"{path} cannot be read ({e.strerror})") from None
+        if not head:
+            return False  # an empty file: SQLite makes a new database of it
+        if head != b"SQLite format 3\x00":
+            raise BookError(f"{path} is not a circuitbook book (not an SQLite database file)")
+        b = Book(path, readonly=True)
+        try:
+            names = {r[0] for r in b.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise BookError(f"{path} is not a circuitbook book ({e})") from None
+        finally:
+            b.close_all()
+        if names and not {"meta", "schema_version"} <= names:
+            raise BookError(f"{path} is an SQLite database but not a circuitbook book (no meta / schema_version "
+                            f"tables)")
+        return True
 
     @property
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            uri = f"file:{self.path}?mode=ro" if self.readonly else f"file:{self.path}"
             try:
-                c = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
-                c.execute("PRAGMA journal_mode=WAL")
+                c = self._connect_readonly() if self.readonly else self._connect(f"file:{self.path}")
+                if not self.readonly:
+                    c.execute("PRAGMA journal_mode=WAL")
             except sqlite3.DatabaseError as e:
                 raise BookError(f"{self.path} is not a circuitbook book ({e})") from None
             c.execute("PRAGMA foreign_keys=ON")
             c.execute("PRAGMA busy_timeout=60000")
             c.row_factory = sqlite3.Row
             self._local.conn = c
+            self._conns.append(c)
+        return c
+
+    @staticmethod
+    def _connect(uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write. Opened read-write with ``query_only`` where the file allows it, so
+        that closing it removes the -wal/-shm files a ``mode=ro`` connection would leave behind."""
+        try:
+            c = self._connect(f"file:{self.path}?mode=rw")
+        except sqlite3.OperationalError:  # no write permission: a true read-only open
+            return self._connect(f"file:{self.path}?mode=ro")
+        c.execute("PRAGMA query_only=ON")
         return c
 
     def close(self) -> None:
@@ -157,6 +289,18 @@ class Book:
         if c is not None:
             c.close()
             self._local.conn = None
+
+    def __del__(self):  # sqlite3 connections sit in a reference cycle: close them when the handle goes
+        with contextlib.suppress(Exception):
+            self.close_all()
+
+    def close_all(self) -> None:
+        """Close the connections of every thread (the handle reconnects on next use in this thread)."""
+        for c in self._conns:
+            with contextlib.suppress(sqlite3.Error):
+                c.close()
+        self._conns.clear()
+        self._local = threading.local()
 
     def __enter__(self):
         return self
@@ -206,6 +350,10 @@ class Book:
         if have is not None and have != fp and not overwrite:
             raise BookError(f"{self.path} describes model {self.get_meta('model_source')!r} "
                             f"(fingerprint {have}), not {model.source!r} ({fp}); use another book or --overwrite")
+        if (have == fp and self.get_meta("model_source") == model.source
+                and self.get_meta("model_config") == model.cfg.to_dict()
+                and (model.tokenizer is None or self.vocab_size())):
+            return  # already bound to this very model: write nothing (the book's bytes stay as they are)
         with self.transaction() as c:
             self.set_meta("model_fingerprint", fp, c)
             self.set_meta("model_source", model.source, c)
