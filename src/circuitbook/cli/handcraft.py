@@ -100,6 +100,16 @@ def stories_of(args, need: int = 2) -> list[str]:
     return stories
 
 
+def _run_key(spec, model, corpus: str, classes: dict, args) -> str:
+    """What this evaluation is: a re-run of the same (spec, model, corpus, classes, settings) replaces it."""
+    import hashlib
+
+    what = {"spec": spec.text or spec.to_yaml(), "model": model.fingerprint(), "corpus": corpus.split("#")[-1],
+            "classes": classes, "stories": args.stories, "fit_fraction": args.fit_fraction, "max_len": args.max_len,
+            "batch_size": args.batch_size, "dtype": args.dtype}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def main(args) -> int:
     from ..corpus import corpus_hash
     from ..handcraft import evaluate_spec, load_spec, save_checkpoint
@@ -135,6 +145,7 @@ def main(args) -> int:
     if args.book:
         book = Book.open(args.book)
         book.bind_model(model)
-        eid = store(book, r, model, f"{args.corpus}#{corpus_hash(args.corpus)}")
+        corpus = f"{args.corpus}#{corpus_hash(args.corpus)}"
+        eid = store(book, r, model, corpus, run_key=_run_key(spec, model, corpus, classes, args))
         print(f"stored as evaluation {eid} in {book.path}")
     return 0

@@ -294,8 +294,9 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
     return SpecResult(built, ev)
 
 
-def store(book, result: SpecResult, model=None, corpus: str | None = None) -> int:
-    """Save a :class:`SpecResult` in the book (spec text, figures, full breakdown, replaced/added units)."""
+def store(book, result: SpecResult, model=None, corpus: str | None = None, run_key: str | None = None) -> int:
+    """Save a :class:`SpecResult` in the book (spec text, figures, full breakdown, replaced/added units).
+    ``run_key`` (see book.handcraft.save_evaluation): the same key replaces the earlier evaluation."""
     from ..book import handcraft as hb
 
     built = result.built
@@ -303,4 +304,4 @@ def store(book, result: SpecResult, model=None, corpus: str | None = None) -> in
     units += [(k, l, i, "added", nm) for (k, l, i), nm in built.added.items()]
     text = built.spec.text or built.spec.to_yaml()
     return hb.save_evaluation(book, built.spec.name, text, result.evaluation.to_dict(), units,
-                              model.fingerprint() if model is not None else None, corpus)
+                              model.fingerprint() if model is not None else None, corpus, run_key)
