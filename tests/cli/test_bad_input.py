@@ -283,3 +283,71 @@ def test_encoding_option_reads_latin1(world, tmp_path, capsys):
     assert main(["circuits", str(world / "model"), "--book", str(b), "--corpus", str(world / "latin1.txt"),
                  "--encoding", "latin-1", "--no-progress"]) == 0
     assert b.exists() and not Path(f"{b}.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------- degenerate models
+def _degenerate(kind: str, demo_dir: Path, out: Path) -> Path:
+    """A 2-layer GPT-Neo on the demo tokenizer with one degenerate part (valid weights, odd model)."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from circuitbook.model import from_hf_model, save_hf
+
+    torch.manual_seed(0)
+    vocab = json.loads((demo_dir / "config.json").read_text())["vocab_size"]
+    hf = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=4,
+                                        attention_types=[[["global", "local"], 1]], window_size=8,
+                                        intermediate_size=64, max_position_embeddings=128, bos_token_id=0,
+                                        eos_token_id=0)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 2:
+                p.mul_(5.0)
+        blocks = hf.transformer.h
+        if kind == "zero head":  # head 1 of layer 0 and every head of layer 1 write and read nothing
+            for layer, heads in ((0, [1]), (1, [0, 1, 2, 3])):
+                a = blocks[layer].attn.attention
+                for h in heads:
+                    sl = slice(8 * h, 8 * h + 8)
+                    for proj in (a.q_proj, a.k_proj, a.v_proj):
+                        proj.weight[sl] = 0
+                    a.out_proj.weight[:, sl] = 0
+        elif kind == "dead neurons":  # no MLP neuron ever fires
+            for b in blocks:
+                b.mlp.c_fc.weight.zero_()
+                b.mlp.c_fc.bias.fill_(-50.0)
+        elif kind == "constant embeddings":  # every token embeds to the same vector
+            hf.transformer.wte.weight[:] = hf.transformer.wte.weight[0].clone()
+    return save_hf(from_hf_model(hf), out, tokenizer_from=demo_dir)
+
+
+DEGENERATE = ["zero head", "dead neurons", "constant embeddings"]
+
+
+@pytest.mark.parametrize("kind", DEGENERATE)
+def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys):
+    """Not bad input: a pruned head, dead neurons, constant embeddings are models people do analyse. Every
+    command finishes (exit 0) and writes its book; the all-zero head's 0/0 composition score is 0."""
+    from circuitbook.book import Book
+    from circuitbook.book import circuits as bc
+
+    m = _degenerate(kind, world / "model", tmp_path / "m")
+    corpus, book = str(world / "model" / "stories.txt"), str(tmp_path / "b.db")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "s", "neurons": [{"name": "n", "replaces": 3, "input": ["he", "she"],
+                                                          "output": {"promote": ["dog"]}}]}))
+    for argv in (["scan", str(m), "--corpus", corpus, "--book", book, "--no-progress", "--max-tokens", "400"],
+                 ["circuits", str(m), "--book", book, "--corpus", corpus, "--no-progress", "--stories", "4"],
+                 ["type", str(m), "--book", book, "--corpus", corpus, "--min-count", "2", "--max-stories", "10"],
+                 ["graph", str(m), "Once upon a time"],
+                 ["handcraft", str(spec), "--corpus", corpus, "--book", book, "--stories", "6"]):
+        rc = main(argv)
+        err = capsys.readouterr().err
+        if argv[0] == "handcraft" and rc == 2:  # a spec the model cannot express is refused cleanly
+            assert kind == "constant embeddings" and "cannot move those logits" in err.strip().splitlines()[-1]
+            continue
+        assert rc == 0 and "Traceback" not in err, (argv[0], err[-2000:])
+    b = Book.open(book, create=False, readonly=True)
+    v = bc.composition(b, "V")
+    assert v is not None and bool(torch.isfinite(torch.as_tensor(v)).all())
+    if kind == "zero head":
+        assert float(abs(torch.as_tensor(v)[0, 1]).max()) == 0.0 and float(abs(torch.as_tensor(v)[:, :, 1]).max()) == 0.0
