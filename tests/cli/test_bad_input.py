@@ -235,6 +235,9 @@ CASES = [
     ("export: not a book", ["export", "{w}/notes.txt", "--html", "{t}/site"], ["notes.txt", "not a circuitbook book"]),
     ("export: --html is a file", ["export", "{w}/good.db", "--html", "{w}/notes.txt"], ["notes.txt"]),
     ("merge: missing shard", ["merge", "{t}/s0.db", "--book", "{t}/m.db"], ["no book"]),
+    ("merge: a shard that is not a book", ["merge", "{w}/notes.txt", "--book", "{t}/m.db"],
+     ["notes.txt", "not a circuitbook book"]),
+    ("demo: --out is a file", ["demo", "--out", "{w}/notes.txt"], ["notes.txt", "is a file"]),
     ("merge: a book without a scan", ["merge", "{w}/good.db", "--book", "{t}/m.db"], ["good.db", "holds no scan"]),
 ]
 

@@ -68,15 +68,31 @@ class BookLockedError(BookError):
     """Another process holds the book's write lock."""
 
 
-_OPEN: "weakref.WeakSet[Book]" = weakref.WeakSet()  # every Book handle of this process (see close_books)
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, weak-referenceable (the plain one is not) so close_books can find it."""
+
+
+# (book path, connection) of every connection this process opened; a connection outlives its Book handle
+# until the cyclic garbage collector runs (sqlite3 keeps a reference cycle), so handles alone cannot find them
+_CONNS: list[tuple[Path, "weakref.ref[_Connection]"]] = []
+_CONNS_LOCK = threading.Lock()
 
 
 def close_books(path: str | Path | None = None) -> None:
     """Close every connection (all threads) this process holds on the book at ``path`` (None: on every book)."""
     want = None if path is None else Path(path).resolve()
-    for book in list(_OPEN):
-        if want is None or book.path.resolve() == want:
-            book.close_all()
+    with _CONNS_LOCK:
+        keep = []
+        for p, ref in _CONNS:
+            c = ref()
+            if c is None:
+                continue
+            if want is None or p == want:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            else:
+                keep.append((p, ref))
+        _CONNS[:] = keep
 
 
 def lock_path(path: str | Path) -> Path:
@@ -193,7 +209,6 @@ class Book:
         self.readonly = readonly
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []  # every thread's connection, for close_all
-        _OPEN.add(self)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -270,9 +285,12 @@ class Book:
             self._conns.append(c)
         return c
 
-    @staticmethod
-    def _connect(uri: str) -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        c = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False,
+                            factory=_Connection)
+        with _CONNS_LOCK:
+            _CONNS[:] = [(p, r) for p, r in _CONNS if r() is not None] + [(self.path.resolve(), weakref.ref(c))]
+        return c
 
     def _connect_readonly(self) -> sqlite3.Connection:
         """A connection that cannot write. Opened read-write with ``query_only`` where the file allows it, so
@@ -289,10 +307,6 @@ class Book:
         if c is not None:
             c.close()
             self._local.conn = None
-
-    def __del__(self):  # sqlite3 connections sit in a reference cycle: close them when the handle goes
-        with contextlib.suppress(Exception):
-            self.close_all()
 
     def close_all(self) -> None:
         """Close the connections of every thread (the handle reconnects on next use in this thread)."""

@@ -47,9 +47,9 @@ def run(args) -> int:
     from ..book import Book
 
     shard = _shard(args.shard)
+    model = load(args)
     check_corpus_arg(args)
     Book.check(args.book)
-    model = load(args)
     settings = ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
                             max_tokens=args.max_tokens, shard=shard, batch_size=args.batch_size,
                             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)
