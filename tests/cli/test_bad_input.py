@@ -183,6 +183,8 @@ CASES = [
     ("type --max-stories 0", ["type", M, "--book", "{t}/b.db", "--corpus", C, "--max-stories", "0"],
      ["--max-stories"]),
     ("type --alpha 2", ["type", M, "--book", "{t}/b.db", "--corpus", C, "--alpha", "2"], ["--alpha"]),
+    ("type --book of another model", ["type", "{w}/model2", "--book", "{w}/good.db", "--corpus", C],
+     ["good.db", "describes model"]),
     ("type corrupt tokenizer.json", ["type", "{w}/m-badtok", "--book", "{t}/b.db", "--corpus", C],
      ["m-badtok", "tokenizer"]),
     # handcraft: spec, --model, --corpus, --book, --classes, --save-model
