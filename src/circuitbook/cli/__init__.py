@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         with guard(args):  # locks the books it writes; a failure removes a book it created
             return int(args.func(args) or 0)
     except CircuitbookError as e:
-        print(f"circuitbook {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"circuitbook {args.command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"circuitbook {args.command}: interrupted (finished work is saved; re-run to resume)", file=sys.stderr)
