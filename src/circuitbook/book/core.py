@@ -74,24 +74,31 @@ class _Connection(sqlite3.Connection):
 
 # (book path, connection) of every connection this process opened; a connection outlives its Book handle
 # until the cyclic garbage collector runs (sqlite3 keeps a reference cycle), so handles alone cannot find them
-_CONNS: list[tuple[Path, "weakref.ref[_Connection]"]] = []
+_CONNS: list[tuple[int, Path, "weakref.ref[_Connection]"]] = []  # (serial number, path, connection)
 _CONNS_LOCK = threading.Lock()
+_SERIAL = [0]
 
 
-def close_books(path: str | Path | None = None) -> None:
-    """Close every connection (all threads) this process holds on the book at ``path`` (None: on every book)."""
+def connection_mark() -> int:
+    """A mark for :func:`close_books`' ``since``: connections opened after this call are newer."""
+    return _SERIAL[0]
+
+
+def close_books(path: str | Path | None = None, since: int = 0) -> None:
+    """Close the connections (all threads) this process opened on the book at ``path`` (None: on every book)
+    after ``since`` (a :func:`connection_mark`; 0: ever). The CLI closes what one command opened."""
     want = None if path is None else Path(path).resolve()
     with _CONNS_LOCK:
         keep = []
-        for p, ref in _CONNS:
+        for n, p, ref in _CONNS:
             c = ref()
             if c is None:
                 continue
-            if want is None or p == want:
+            if n > since and (want is None or p == want):
                 with contextlib.suppress(sqlite3.Error):
                     c.close()
             else:
-                keep.append((p, ref))
+                keep.append((n, p, ref))
         _CONNS[:] = keep
 
 
@@ -289,7 +296,8 @@ class Book:
         c = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False,
                             factory=_Connection)
         with _CONNS_LOCK:
-            _CONNS[:] = [(p, r) for p, r in _CONNS if r() is not None] + [(self.path.resolve(), weakref.ref(c))]
+            _SERIAL[0] += 1
+            _CONNS[:] = [x for x in _CONNS if x[2]() is not None] + [(_SERIAL[0], self.path.resolve(), weakref.ref(c))]
         return c
 
     def _connect_readonly(self) -> sqlite3.Connection:

@@ -50,11 +50,13 @@ def guard(args):
 
     The books named by ``args.writes`` (attribute names) are write-locked for the whole command (a second
     writer refuses: book.core.write_lock); a book this command created is removed again if it fails with
-    a CircuitbookError (an interrupt keeps it: that is resumable work); every book connection is closed at
-    the end (so SQLite removes its -wal / -shm files). ``--encoding`` applies to every corpus read."""
-    from ..book.core import close_books, write_lock
+    a CircuitbookError (an interrupt keeps it: that is resumable work); every book connection the command
+    opened is closed at the end (so SQLite removes its -wal / -shm files). ``--encoding`` applies to every
+    corpus read."""
+    from ..book.core import close_books, connection_mark, write_lock
     from ..corpus import using_encoding
 
+    mark = connection_mark()  # the caller's own connections (in-process use) stay open
     books = [Path(getattr(args, a)) for a in getattr(args, "writes", ()) if getattr(args, a, None)]
     new = [p for p in books if not p.exists()]
     try:
@@ -67,9 +69,9 @@ def guard(args):
                 yield
             except CircuitbookError:
                 for p in new:
-                    close_books(p)
+                    close_books(p, since=mark)
                     for f in _sidecars(p):
                         f.unlink(missing_ok=True)
                 raise
     finally:
-        close_books()
+        close_books(since=mark)
