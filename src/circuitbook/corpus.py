@@ -7,6 +7,12 @@ Formats (``fmt`` or guessed from the path):
   * ``jsonl`` — one JSON object per line with a "text" (or "story") field;
   * ``hf:NAME[:SPLIT[:FIELD]]`` — a Hugging Face dataset (needs the ``datasets`` extra).
 
+Files are decoded strictly as UTF-8 (a BOM is dropped) unless another encoding is asked for (the
+``encoding`` argument, or :func:`using_encoding` around a whole command: the CLI's ``--encoding``).
+:func:`check_corpus` validates a file before any work starts: it decodes every byte (naming the byte offset
+of the first one that is not valid in the encoding), refuses binary content (NUL bytes or many control
+characters) and requires at least one story.
+
 BOS policy: TinyStories models were trained on stories separated by token 50256, so every sequence we
 feed starts with the tokenizer's ``bos_id`` (for GPT-2 BPE, 50256 = <|endoftext|>) followed by story
 tokens. A story longer than ``max_len - 1`` tokens is cut into consecutive windows, each again
@@ -18,31 +24,131 @@ from __future__ import annotations
 
 from .errors import CircuitbookError
 
+import codecs
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 SEPARATOR = "<|endoftext|>"
+# the encoding corpus files are read in when none is given (the CLI's --encoding sets it for one command)
+ENCODING: contextvars.ContextVar[str] = contextvars.ContextVar("corpus_encoding", default="utf-8")
+BINARY_CONTROL_SHARE = 0.01  # more control characters than this (besides tab/newline/CR/FF) reads as binary
 
 
 class CorpusError(CircuitbookError, ValueError):
     """The corpus cannot be read or holds no stories."""
 
 
-def _guess_format(path: Path) -> str:
+def _guess_format(path: Path, encoding: str = "utf-8") -> str:
     if path.suffix in (".jsonl", ".ndjson"):
         return "jsonl"
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    with open(path, encoding=_codec(encoding), errors="replace") as f:
         head = f.read(1 << 20)
     return "tinystories" if SEPARATOR in head else "text"
 
 
-def read_stories(source: str | Path, fmt: str | None = None) -> Iterator[str]:
-    """Yield stories (stripped, non-empty) one at a time; never holds the whole file in memory."""
+def _codec(encoding: str) -> str:
+    """Python's codec name for ``encoding``; UTF-8 is read as utf-8-sig (drops a BOM)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise CorpusError(f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    return "utf-8-sig" if name in ("utf-8", "utf-8-sig") else name
+
+
+@contextlib.contextmanager
+def using_encoding(encoding: str | None):
+    """Read corpus files in ``encoding`` inside the block (None: keep the current one)."""
+    if encoding is None:
+        yield
+        return
+    _codec(encoding)
+    token = ENCODING.set(encoding)
+    try:
+        yield
+    finally:
+        ENCODING.reset(token)
+
+
+def _first_bad_byte(path: Path, codec: str) -> tuple[int, str] | None:
+    """(byte offset, reason) of the first byte that does not decode, or None when the whole file does."""
+    dec = codecs.getincrementaldecoder(codec)("strict")
+    offset = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            pending = len(dec.getstate()[0])
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start, e.reason
+            offset += len(chunk)
+        try:
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            return offset - len(e.object) + e.start, e.reason
+    return None
+
+
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # control characters that text does not hold
+
+
+def _looks_binary(path: Path, codec: str) -> str | None:
+    """Why the file looks binary (NUL bytes, many control characters in its first MiB), or None."""
+    if not codec.startswith(("utf-16", "utf-32")):  # there NUL bytes are part of the text
+        with open(path, "rb") as f:
+            for n, chunk in enumerate(iter(lambda: f.read(1 << 20), b"")):
+                at = chunk.find(b"\x00")
+                if at >= 0:
+                    return f"it holds NUL bytes (the first at byte offset {n * (1 << 20) + at:,})"
+    with open(path, encoding=codec, errors="replace") as f:
+        head = f.read(1 << 20)
+    ctrl = len(_CONTROL.findall(head))
+    if head and ctrl > BINARY_CONTROL_SHARE * len(head):
+        return f"{ctrl:,} of its first {len(head):,} characters are control characters"
+    return None
+
+
+def check_corpus(source: str | Path, fmt: str | None = None, encoding: str | None = None, min_stories: int = 1) -> None:
+    """Refuse a corpus that cannot be read as text stories, before anything is created (see module doc).
+
+    hf: datasets are checked only for the ``datasets`` package (reading one means downloading it)."""
+    src = str(source)
+    if src.startswith("hf:"):
+        if len(src) <= 3:
+            raise CorpusError(f"corpus {src!r}: expected hf:NAME[:SPLIT[:FIELD]]")
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise CorpusError(f"corpus {path} does not exist or is not a file")
+    enc = encoding or ENCODING.get()
+    codec = _codec(enc)
+    why = _looks_binary(path, codec)
+    if why is not None:
+        raise CorpusError(f"corpus {path} is not text: {why}")
+    bad = _first_bad_byte(path, codec)
+    if bad is not None:
+        raise CorpusError(f"corpus {path} is not valid {enc}: byte offset {bad[0]:,} ({bad[1]}); "
+                          f"pass --encoding (e.g. latin-1) if the file is in another encoding")
+    n = 0
+    for _ in read_stories(path, fmt, encoding=enc):
+        n += 1
+        if n >= min_stories:
+            return
+    raise CorpusError(f"corpus {path} holds {'no' if n == 0 else f'only {n}'} "
+                      f"stor{'y' if n == 1 else 'ies'}" + (f" (need at least {min_stories})" if min_stories > 1 else ""))
+
+
+def read_stories(source: str | Path, fmt: str | None = None, encoding: str | None = None) -> Iterator[str]:
+    """Yield stories (stripped, non-empty) one at a time; never holds the whole file in memory.
+
+    ``encoding``: the file's text encoding (default: :data:`ENCODING`, UTF-8), decoded strictly."""
     src = str(source)
     if src.startswith("hf:"):
         yield from _hf_stories(src)
@@ -50,9 +156,19 @@ def read_stories(source: str | Path, fmt: str | None = None) -> Iterator[str]:
     path = Path(source)
     if not path.is_file():
         raise CorpusError(f"corpus {path} does not exist or is not a file")
-    fmt = fmt or _guess_format(path)
+    enc = encoding or ENCODING.get()
+    codec = _codec(enc)
+    try:
+        yield from _read_file(path, fmt or _guess_format(path, enc), codec)
+    except UnicodeDecodeError:
+        offset, reason = _first_bad_byte(path, codec) or (-1, "")
+        raise CorpusError(f"corpus {path} is not valid {enc}: byte offset {offset:,} ({reason}); "
+                          f"pass --encoding (e.g. latin-1) if the file is in another encoding") from None
+
+
+def _read_file(path: Path, fmt: str, codec: str) -> Iterator[str]:
     if fmt == "jsonl":
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding=codec) as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -69,7 +185,7 @@ def read_stories(source: str | Path, fmt: str | None = None) -> Iterator[str]:
     if fmt not in ("tinystories", "text"):
         raise CorpusError(f"unknown corpus format {fmt!r} (tinystories, text, jsonl, hf:NAME)")
     buf: list[str] = []
-    with open(path, encoding="utf-8-sig", errors="replace") as f:  # utf-8-sig drops the BOM
+    with open(path, encoding=codec) as f:  # utf-8-sig drops the BOM
         for line in f:
             boundary = line.strip() == SEPARATOR if fmt == "tinystories" else not line.strip()
             if boundary:

@@ -8,6 +8,11 @@ Each stage owns its own tables in its own module (``book/scan.py``...) and regis
 ``schema_version``) and optional unit readers/renderers. ``Book.open`` applies whatever is missing, so
 an old book upgrades in place and every schema change is a new migration, never an edit.
 
+Writers: :func:`write_lock` is an advisory lock (``flock`` on ``BOOK.lock``, removed on release) that every
+writing command holds for its whole run, so a second process asked to write the same book refuses with a
+message naming the holder instead of interleaving with it. :func:`close_books` closes every connection this
+process holds on a book (the CLI calls it before removing a book a failed command created).
+
 Units are keyed (kind, layer, idx) with kind a registered unit kind (``circuitbook.units``: "neuron",
 "head", ...); ``idx`` is the unit's index in its layer ([0, d_mlp) for neurons, [0, n_heads) for heads).
 The kind is checked against the registry in Python, not by the schema (migration 2 dropped the original
@@ -21,10 +26,13 @@ from ..units import UnitError, UnitRef, all_units, kind_names, unit_kind
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -70,6 +78,96 @@ STATUSES = ("none", "hypothesis", "supported", "refuted", "confirmed")
 
 class BookError(CircuitbookError, RuntimeError):
     """The book cannot be used as asked (wrong model, bad key, unreadable file...)."""
+
+
+class BookLockedError(BookError):
+    """Another process holds the book's write lock."""
+
+
+class _Connection(sqlite3.Connection):
+    """sqlite3's connection, weak-referenceable (the plain one is not) so close_books can find it."""
+
+
+# (book path, connection) of every connection this process opened; a connection outlives its Book handle
+# until the cyclic garbage collector runs (sqlite3 keeps a reference cycle), so handles alone cannot find them
+_CONNS: list[tuple[int, Path, "weakref.ref[_Connection]"]] = []  # (serial number, path, connection)
+_CONNS_LOCK = threading.Lock()
+_SERIAL = [0]
+
+
+def connection_mark() -> int:
+    """A mark for :func:`close_books`' ``since``: connections opened after this call are newer."""
+    return _SERIAL[0]
+
+
+def close_books(path: str | Path | None = None, since: int = 0) -> None:
+    """Close the connections (all threads) this process opened on the book at ``path`` (None: on every book)
+    after ``since`` (a :func:`connection_mark`; 0: ever). The CLI closes what one command opened."""
+    want = None if path is None else Path(path).resolve()
+    with _CONNS_LOCK:
+        keep = []
+        for n, p, ref in _CONNS:
+            c = ref()
+            if c is None:
+                continue
+            if n > since and (want is None or p == want):
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            else:
+                keep.append((n, p, ref))
+        _CONNS[:] = keep
+
+
+def lock_path(path: str | Path) -> Path:
+    return Path(str(path) + ".lock")
+
+
+@contextlib.contextmanager
+def write_lock(path: str | Path, what: str = "", wait: float = 0.0) -> Iterator[None]:
+    """Hold the book's advisory write lock for the block; refuse (BookLockedError) if another process holds
+    it for longer than ``wait`` seconds. The lock file is removed on release; a killed holder's lock is
+    released by the kernel and its stale file reused."""
+    lock = lock_path(path)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise BookError(f"cannot lock {path}: {e.strerror} ({lock})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise BookLockedError(f"{path} is being written by another process ({_holder(holder)}); wait for "
+                                      f"it to finish or use another book") from None
+            time.sleep(0.1)
+            continue
+        try:  # the holder we waited for may have removed the file: lock the one at the path
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _holder(text: str) -> str:
+    try:
+        d = json.loads(text)
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(d["since"]))
+        return f"pid {d['pid']}: {d.get('what') or 'circuitbook'}, since {since}"
+    except (ValueError, KeyError, TypeError):
+        return "unknown holder"
 
 
 @dataclasses.dataclass
@@ -160,6 +258,7 @@ class Book:
         self.path = Path(path)
         self.readonly = readonly
         self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []  # every thread's connection, for close_all
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -176,23 +275,82 @@ class Book:
         if not readonly:
             book.migrate()
         else:
-            book.conn.execute("SELECT 1 FROM meta LIMIT 1")
+            try:
+                book.conn.execute("SELECT 1 FROM meta LIMIT 1")
+            except sqlite3.DatabaseError as e:
+                book.close_all()
+                raise BookError(f"{path} is not a circuitbook book ({e})") from None
         return book
+
+    @staticmethod
+    def check(path: str | Path, must_exist: bool = False) -> bool:
+        """Refuse a path that cannot be (or become) a book, writing nothing; return whether a book is there.
+
+        An existing file must be an SQLite file holding circuitbook's tables (never someone else's database,
+        which ``open`` would add tables to); a new one needs its directory."""
+        path = Path(path)
+        if path.is_dir():
+            raise BookError(f"{path} is a directory, not a book file")
+        if not path.exists():
+            if must_exist:
+                raise BookError(f"no book at {path}")
+            if not path.parent.is_dir():
+                raise BookError(f"directory {path.parent} does not exist")
+            return False
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise BookError(f"{path} cannot be read ({e.strerror})") from None
+        if not head:
+            return False  # an empty file: SQLite makes a new database of it
+        if head != b"SQLite format 3\x00":
+            raise BookError(f"{path} is not a circuitbook book (not an SQLite database file)")
+        b = Book(path, readonly=True)
+        try:
+            names = {r[0] for r in b.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise BookError(f"{path} is not a circuitbook book ({e})") from None
+        finally:
+            b.close_all()
+        if names and not {"meta", "schema_version"} <= names:
+            raise BookError(f"{path} is an SQLite database but not a circuitbook book (no meta / schema_version "
+                            f"tables)")
+        return True
 
     @property
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            uri = f"file:{self.path}?mode=ro" if self.readonly else f"file:{self.path}"
             try:
-                c = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
-                c.execute("PRAGMA journal_mode=WAL")
+                c = self._connect_readonly() if self.readonly else self._connect(f"file:{self.path}")
+                if not self.readonly:
+                    c.execute("PRAGMA journal_mode=WAL")
             except sqlite3.DatabaseError as e:
                 raise BookError(f"{self.path} is not a circuitbook book ({e})") from None
             c.execute("PRAGMA foreign_keys=ON")
             c.execute("PRAGMA busy_timeout=60000")
             c.row_factory = sqlite3.Row
             self._local.conn = c
+            self._conns.append(c)
+        return c
+
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        c = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False,
+                            factory=_Connection)
+        with _CONNS_LOCK:
+            _SERIAL[0] += 1
+            _CONNS[:] = [x for x in _CONNS if x[2]() is not None] + [(_SERIAL[0], self.path.resolve(), weakref.ref(c))]
+        return c
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write. Opened read-write with ``query_only`` where the file allows it, so
+        that closing it removes the -wal/-shm files a ``mode=ro`` connection would leave behind."""
+        try:
+            c = self._connect(f"file:{self.path}?mode=rw")
+        except sqlite3.OperationalError:  # no write permission: a true read-only open
+            return self._connect(f"file:{self.path}?mode=ro")
+        c.execute("PRAGMA query_only=ON")
         return c
 
     def close(self) -> None:
@@ -200,6 +358,14 @@ class Book:
         if c is not None:
             c.close()
             self._local.conn = None
+
+    def close_all(self) -> None:
+        """Close the connections of every thread (the handle reconnects on next use in this thread)."""
+        for c in self._conns:
+            with contextlib.suppress(sqlite3.Error):
+                c.close()
+        self._conns.clear()
+        self._local = threading.local()
 
     def __enter__(self):
         return self
@@ -249,6 +415,10 @@ class Book:
         if have is not None and have != fp and not overwrite:
             raise BookError(f"{self.path} describes model {self.get_meta('model_source')!r} "
                             f"(fingerprint {have}), not {model.source!r} ({fp}); use another book or --overwrite")
+        if (have == fp and self.get_meta("model_source") == model.source
+                and self.get_meta("model_config") == model.cfg.to_dict()
+                and (model.tokenizer is None or self.vocab_size())):
+            return  # already bound to this very model: write nothing (the book's bytes stay as they are)
         with self.transaction() as c:
             self.set_meta("model_fingerprint", fp, c)
             self.set_meta("model_source", model.source, c)

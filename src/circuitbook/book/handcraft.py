@@ -50,6 +50,12 @@ MIGRATIONS = [
         created REAL NOT NULL
     );
     """,
+    # run_key: what was evaluated (spec text, model, corpus, settings); storing the same key again replaces
+    # that evaluation in place, so a re-run (e.g. after a kill) leaves the book as one run would
+    """
+    ALTER TABLE handcraft_evals ADD COLUMN run_key TEXT;
+    CREATE UNIQUE INDEX handcraft_evals_run_key ON handcraft_evals (run_key) WHERE run_key IS NOT NULL;
+    """,
 ]
 
 
@@ -58,18 +64,28 @@ def _num(x):
 
 
 def save_evaluation(book: Book, name: str, spec_text: str, evaluation: dict, units: list[tuple[str, int, int, str, str]],
-                    model_fingerprint: str | None = None, corpus: str | None = None) -> int:
+                    model_fingerprint: str | None = None, corpus: str | None = None, run_key: str | None = None) -> int:
     """Store one evaluation. ``evaluation``: Evaluation.to_dict(); ``units``: (kind, layer, idx, role, name).
-    Returns its id. All or nothing."""
+    Returns its id. All or nothing. With ``run_key``, an evaluation stored under the same key is replaced
+    in place (same id): re-running the same evaluation does not add a second one."""
     rec = evaluation.get("recovered", {})
+    row = (name, spec_text, model_fingerprint, corpus, evaluation["n_tokens"], evaluation["ce_original"],
+           evaluation["ce_handcrafted"], evaluation.get("kl"), evaluation.get("top1_agreement"),
+           _num(rec.get("zero")), _num(rec.get("mean")), json.dumps(evaluation), time.time(), run_key)
     with book.transaction() as c:
-        cur = c.execute(
-            "INSERT INTO handcraft_evals (name, spec, model_fingerprint, corpus, n_tokens, ce_original, ce_handcrafted,"
-            " kl, top1, recovered_zero, recovered_mean, result, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (name, spec_text, model_fingerprint, corpus, evaluation["n_tokens"], evaluation["ce_original"],
-             evaluation["ce_handcrafted"], evaluation.get("kl"), evaluation.get("top1_agreement"),
-             _num(rec.get("zero")), _num(rec.get("mean")), json.dumps(evaluation), time.time()))
-        eid = cur.lastrowid
+        old = c.execute("SELECT id FROM handcraft_evals WHERE run_key = ?", (run_key,)).fetchone() \
+            if run_key is not None else None
+        if old is not None:
+            eid = old[0]
+            c.execute("DELETE FROM handcraft_units WHERE eval_id = ?", (eid,))
+            c.execute("UPDATE handcraft_evals SET name=?, spec=?, model_fingerprint=?, corpus=?, n_tokens=?, "
+                      "ce_original=?, ce_handcrafted=?, kl=?, top1=?, recovered_zero=?, recovered_mean=?, result=?, "
+                      "created=?, run_key=? WHERE id = ?", (*row, eid))
+        else:
+            eid = c.execute(
+                "INSERT INTO handcraft_evals (name, spec, model_fingerprint, corpus, n_tokens, ce_original, "
+                "ce_handcrafted, kl, top1, recovered_zero, recovered_mean, result, created, run_key) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row).lastrowid
         c.executemany("INSERT INTO handcraft_units (eval_id, kind, layer, idx, role, name) VALUES (?,?,?,?,?,?)",
                       [(eid, k, l, i, role, nm) for k, l, i, role, nm in units if k in kind_names()])
     return eid

@@ -7,7 +7,8 @@ Composition score (Elhage et al. 2021; TransformerLens' ``all_composition_scores
     Q: M_2 = W_Q2 @ W_K2^T     K: M_2 = (W_Q2 @ W_K2^T)^T     V: M_2 = W_V2 @ W_O2
 
 computed through d_head x d_head Gram matrices (never a d_model x d_model product):
-``||X F Y^T||_F^2 = tr(F^T (X^T X) F (Y^T Y))``.
+``||X F Y^T||_F^2 = tr(F^T (X^T X) F (Y^T Y))``. A head whose OV (or QK) circuit is zero (pruned, ablated)
+composes with nothing: its scores are defined as 0 (the formula's 0/0; TransformerLens gives NaN).
 
 A virtual head (l1, h1) -> (l2, h2) is the path through both OV circuits: its token circuit is
 ``embed @ W_V1 @ W_O1 / s_ln1[l2] @ W_V2 @ W_O2 @ W_U / s_final`` (source -> output, per unit attention of
@@ -65,6 +66,11 @@ def _frob2(X: Tensor, F: Tensor, Y: Tensor) -> Tensor:
     return ((GX @ F) * (F @ GY)).sum((-2, -1))
 
 
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, 0 where den is 0 (then num, a norm of a product with the zero factor, is 0 too)."""
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+
+
 def composition_scores(weights) -> CompositionScores:
     """All Q/K/V composition scores of a model (Model, Weights or Basis; processed weights are used)."""
     w = make_basis(weights).w
@@ -81,9 +87,9 @@ def composition_scores(weights) -> CompositionScores:
             k = _frob2(X, WO[l1][:, None] @ WK[l2][None], WQ[l2][None])
             v = _frob2(X, WO[l1][:, None] @ WV[l2][None], WO[l2].mT[None])
             den_qk = ov_norm[l1][:, None] * qk_norm[l2][None]
-            out["Q"][l1, :, l2] = q.sqrt() / den_qk
-            out["K"][l1, :, l2] = k.sqrt() / den_qk
-            out["V"][l1, :, l2] = v.sqrt() / (ov_norm[l1][:, None] * ov_norm[l2][None])
+            out["Q"][l1, :, l2] = _ratio(q.sqrt(), den_qk)
+            out["K"][l1, :, l2] = _ratio(k.sqrt(), den_qk)
+            out["V"][l1, :, l2] = _ratio(v.sqrt(), ov_norm[l1][:, None] * ov_norm[l2][None])
     return CompositionScores(out["Q"], out["K"], out["V"])
 
 

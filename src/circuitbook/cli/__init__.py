@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("default", module="circuitbook")
     keep_freed_memory()  # every command runs forwards batch after batch (see model/memory.py)
+    from ._common import guard
+
     try:
-        return int(args.func(args) or 0)
+        with guard(args):  # locks the books it writes; a failure removes a book it created
+            return int(args.func(args) or 0)
     except CircuitbookError as e:
-        print(f"circuitbook {args.command}: error: {e}", file=sys.stderr)
+        print(f"circuitbook {args.command}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"circuitbook {args.command}: interrupted (finished work is saved; re-run to resume)", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
 
 
 def register(sub) -> None:
@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--virtual", type=int, default=8, help="virtual heads (strongest V-composition) to analyse")
     p.add_argument("--overwrite", action="store_true", help="rebind a book that describes another model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    add_encoding_arg(p)
+    p.set_defaults(func=run, writes=("book",))
 
 
 def run(args) -> int:
@@ -37,6 +38,8 @@ def run(args) -> int:
         raise CircuitbookError(f"--virtual must be >= 0, got {args.virtual}")
     if args.corpus and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
         raise CircuitbookError(f"corpus {args.corpus} does not exist or is not a file")
+    check_corpus_arg(args)
+    Book.check(args.book)
     model = load(args)
     book = Book.open(args.book)
     s = CircuitsSettings(k=args.k, k_rows=args.k_rows, n_pairs=args.pairs, n_virtual=args.virtual,

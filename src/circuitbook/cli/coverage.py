@@ -4,7 +4,7 @@ book (everything else ablated) and report the loss that recovers, overall and pe
 from __future__ import annotations
 
 from ..errors import CircuitbookError
-from ._common import add_model_args
+from ._common import add_encoding_arg, add_model_args, check_corpus_arg
 
 
 def register(sub) -> None:
@@ -19,23 +19,30 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--no-labels", action="store_true", help="skip the per-label breakdown")
     add_model_args(p, required=False)
-    p.set_defaults(func=main)
+    add_encoding_arg(p)
+    p.set_defaults(func=main, writes=("book",))
 
 
 def main(args) -> int:
+    from ..book import Book
     from ..book import handcraft as hb
     from ..corpus import batches, corpus_hash
     from ..handcraft import coverage_from_book
-    from .handcraft import model_and_book, stories_of
+    from .handcraft import check_numbers, check_same_model, model_and_book, stories_of
 
-    model, book = model_and_book(args, must_exist=True)
-    book.bind_model(model)
+    check_numbers(args)
+    Book.check(args.book, must_exist=True)
+    check_corpus_arg(args, min_stories=1)
+    model, book = model_and_book(args, must_exist=True)  # read-only until there is something to store
     if not book.labelled():
         raise CircuitbookError(f"{book.path} has no labelled units: label some first (web UI or Book.set_label)")
-    stories = stories_of(args)
+    check_same_model(book, model)
+    stories = stories_of(args, need=1)
     cov = coverage_from_book(book, model, lambda: batches(stories, model.tokenizer, args.max_len, args.batch_size),
                              args.mode, progress=True, per_label=not args.no_labels)
     print(cov.summary())
+    book = Book.open(args.book, create=False)
+    book.bind_model(model)
     cid = hb.save_coverage(book, cov.to_dict(), model.fingerprint(), f"{args.corpus}#{corpus_hash(args.corpus)}")
     print(f"stored as coverage run {cid} in {book.path}")
     return 0

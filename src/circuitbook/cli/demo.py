@@ -11,7 +11,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from ..demo.run import run_demo
+    from ..errors import CircuitbookError
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CircuitbookError(f"--out {out} is a file, not a directory")
+    if not out.parent.is_dir():
+        raise CircuitbookError(f"--out {out}: directory {out.parent} does not exist")
 
     run_demo(args.out, seed=args.seed)
     return 0

@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("-k", type=int, default=10, help="neurons (and heads) to show (default 10)")
     p.add_argument("--exact", action="store_true", help="only the words as given, no inflections")
     p.add_argument("--max-windows", type=int, default=128, help="windows with concept words to read (default 128)")
+    p.add_argument("--encoding", default=None, help="text encoding of --corpus (default utf-8, strict)")
     p.set_defaults(func=run)
 
 
@@ -24,9 +25,15 @@ def run(args) -> int:
     from ..roles.concepts import find_concept
     from ..model import load_model
 
-    if not Path(args.book).is_file():
-        raise CircuitbookError(f"no book at {args.book}")
-    book = Book.open(args.book, create=False)
+    from ._common import check_corpus_arg
+
+    if args.k < 1 or args.max_windows < 1:
+        raise CircuitbookError(f"-k and --max-windows must be at least 1 (got {args.k}, {args.max_windows})")
+    if not args.words.strip():
+        raise CircuitbookError("give the concept's words, e.g. \"look search find seek\"")
+    Book.check(args.book, must_exist=True)
+    check_corpus_arg(args)
+    book = Book.open(args.book, create=False, readonly=True)
     source = args.model or book.get_meta("model_source")
     if not source:
         raise CircuitbookError(f"{args.book} is bound to no model; pass --model")

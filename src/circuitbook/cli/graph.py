@@ -38,6 +38,9 @@ def run(args) -> int:
 
     if args.nodes < 1 or args.edges < 0:
         raise CircuitbookError("--nodes must be >= 1 and --edges >= 0")
+    for out in (args.json, args.svg):
+        if out and (Path(out).is_dir() or not Path(out).parent.is_dir()):
+            raise CircuitbookError(f"cannot write {out}: it is a directory or its directory does not exist")
     labels = None
     if args.book:
         if not Path(args.book).is_file():
@@ -57,14 +60,19 @@ def run(args) -> int:
     print(f"{'node':24s} {'value':>9s} {'direct':>9s}  label")
     for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
         print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")
+    r = None
+    if args.ablate:  # before writing anything: a bad node id is an error
+        try:
+            r = ablate(model, args.prompt, args.ablate, g.target, pos=g.pos, contrast=g.contrast, mode=args.mode)
+        except CircuitbookError as e:
+            raise CircuitbookError(f"--ablate {' '.join(args.ablate)}: {e}") from None
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(g), indent=1))
         print(f"wrote {args.json}")
     if args.svg:
         Path(args.svg).write_text(to_svg(g))
         print(f"wrote {args.svg}")
-    if args.ablate:
-        r = ablate(model, args.prompt, args.ablate, g.target, pos=g.pos, contrast=g.contrast, mode=args.mode)
+    if r is not None:
         print(f"ablating {', '.join(r.ablations)} ({r.mode}): {r.logit_before:.4f} -> {r.logit_after:.4f} "
               f"(delta {r.delta:+.4f}); now predicts " + ", ".join(f"{s!r} {p:.3f}" for _, s, p, _ in r.top_after))
     return 0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
 
 
 def register(sub) -> None:
@@ -26,13 +26,46 @@ def register(sub) -> None:
     p.add_argument("--save-model", help="also write the handcrafted model as an HF checkpoint here")
     p.add_argument("--json", action="store_true", help="print the full evaluation as JSON")
     add_model_args(p, required=False)
-    p.set_defaults(func=main)
+    add_encoding_arg(p)
+    p.set_defaults(func=main, writes=("book",))
+
+
+def check_spec_file(path: str) -> None:
+    """The spec file exists and is UTF-8 text (load_spec reports everything about its content)."""
+    p = Path(path)
+    if p.is_file():
+        data = p.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CircuitbookError(f"spec {p} is not valid UTF-8: byte offset {e.start:,} ({e.reason})") from None
+
+
+def check_numbers(args) -> None:
+    """The numeric options handcraft and coverage share."""
+    if getattr(args, "stories", None) is not None and args.stories < 1:
+        raise CircuitbookError(f"--stories must be at least 1, got {args.stories}")
+    if args.max_len < 2 or args.batch_size < 1:
+        raise CircuitbookError(f"--max-len must be >= 2 and --batch-size >= 1 (got {args.max_len}, {args.batch_size})")
+
+
+def check_same_model(book, model) -> None:
+    """Refuse (before any work) a book that describes another model, as ``bind_model`` would after it."""
+    from ..book import BookError
+
+    have = book.get_meta("model_fingerprint")
+    if have is not None and have != model.fingerprint():
+        raise BookError(f"{book.path} describes model {book.get_meta('model_source')!r} (fingerprint {have}), "
+                        f"not {model.source!r} ({model.fingerprint()}); use another book")
 
 
 def model_and_book(args, must_exist: bool = False):
+    """(model, the book opened read-only, or None when --book is not given or not there yet)."""
     from ..book import Book
 
-    book = Book.open(args.book, create=not must_exist) if getattr(args, "book", None) else None
+    book = None
+    if getattr(args, "book", None) and (must_exist or Book.check(args.book)):
+        book = Book.open(args.book, create=False, readonly=True)
     if not args.model:
         src = book.get_meta("model_source") if book is not None else None
         if not src:
@@ -55,15 +88,26 @@ def read_classes(args, book) -> dict:
     return token_classes_from_book(book) if book is not None else {}
 
 
-def stories_of(args) -> list[str]:
+def stories_of(args, need: int = 2) -> list[str]:
     from itertools import islice
 
     from ..corpus import CorpusError, read_stories
 
     stories = list(islice(read_stories(args.corpus), args.stories))
-    if len(stories) < 2:
-        raise CorpusError(f"{args.corpus}: need at least 2 stories (one to fit, one to evaluate)")
+    if len(stories) < need:
+        raise CorpusError(f"{args.corpus}: need at least {need} stories" +
+                          (" (one to fit, one to evaluate)" if need == 2 else ""))
     return stories
+
+
+def _run_key(spec, model, corpus: str, classes: dict, args) -> str:
+    """What this evaluation is: a re-run of the same (spec, model, corpus, classes, settings) replaces it."""
+    import hashlib
+
+    what = {"spec": spec.text or spec.to_yaml(), "model": model.fingerprint(), "corpus": corpus.split("#")[-1],
+            "classes": classes, "stories": args.stories, "fit_fraction": args.fit_fraction, "max_len": args.max_len,
+            "batch_size": args.batch_size, "dtype": args.dtype}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def main(args) -> int:
@@ -71,17 +115,26 @@ def main(args) -> int:
     from ..handcraft import evaluate_spec, load_spec, save_checkpoint
     from ..handcraft.evaluate import store
 
-    spec = load_spec(Path(args.spec))
-    model, book = model_and_book(args)
-    if book is not None:
-        book.bind_model(model)
-    classes = read_classes(args, book)
-    stories = stories_of(args)
+    from ..book import Book
+
+    check_numbers(args)
     if not 0 < args.fit_fraction < 1:
         raise CircuitbookError("--fit-fraction must be between 0 and 1")
+    check_spec_file(args.spec)
+    spec = load_spec(Path(args.spec))
+    check_corpus_arg(args, min_stories=2)
+    if args.book:
+        Book.check(args.book)
+    if args.save_model and Path(args.save_model).exists() and not Path(args.save_model).is_dir():
+        raise CircuitbookError(f"--save-model {args.save_model} is a file, not a directory")
+    model, book = model_and_book(args)  # the book read-only: nothing is written before the evaluation is done
+    if book is not None:
+        check_same_model(book, model)
+    classes = read_classes(args, book)
+    stories = stories_of(args)
     n_fit = max(1, min(len(stories) - 1, round(len(stories) * args.fit_fraction)))
     r = evaluate_spec(spec, model, stories[:n_fit], stories[n_fit:], classes, args.max_len, args.batch_size,
-                      progress=True)
+                      progress=True, fit_progress=False)
     print(f"spec {spec.name!r}: {len(r.built.replaced)} replaced, {len(r.built.added)} added, "
           f"{len(r.built.removed)} units removed in the baselines; fitted on {n_fit} stories, "
           f"evaluated on {len(stories) - n_fit}")
@@ -89,7 +142,10 @@ def main(args) -> int:
     if args.save_model:
         out = save_checkpoint(r.built.weights, model, args.save_model)
         print(f"handcrafted model written to {out}")
-    if book is not None:
-        eid = store(book, r, model, f"{args.corpus}#{corpus_hash(args.corpus)}")
+    if args.book:
+        book = Book.open(args.book)
+        book.bind_model(model)
+        corpus = f"{args.corpus}#{corpus_hash(args.corpus)}"
+        eid = store(book, r, model, corpus, run_key=_run_key(spec, model, corpus, classes, args))
         print(f"stored as evaluation {eid} in {book.path}")
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -37,14 +37,19 @@ def register(sub) -> None:
     p.add_argument("--keep-state", action="store_true", help="keep the resumable state (implied by --shard)")
     p.add_argument("--overwrite", action="store_true", help="replace a scan of another model/corpus/settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    add_encoding_arg(p)
+    p.set_defaults(func=run, writes=("book",))
 
 
 def run(args) -> int:
     from ..scan import ScanSettings, scan_corpus
 
+    from ..book import Book
+
     shard = _shard(args.shard)
     model = load(args)
+    check_corpus_arg(args)
+    Book.check(args.book)
     settings = ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
                             max_tokens=args.max_tokens, shard=shard, batch_size=args.batch_size,
                             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)

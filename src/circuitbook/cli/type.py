@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
 
 
 def register(sub) -> None:
@@ -17,16 +17,21 @@ def register(sub) -> None:
     p.add_argument("--min-count", type=int, default=5, help="tokens seen fewer times are left out (default 5)")
     p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate (default 0.05)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.set_defaults(func=run)
+    add_encoding_arg(p)
+    p.set_defaults(func=run, writes=("book",))
 
 
-def _corpus(args, book) -> str:
+def _corpus(args, exists: bool) -> str:
     if args.corpus:
         return args.corpus
-    for key in ("typing_corpus_path", "corpus_path"):
-        path = book.get_meta(key)
-        if path and Path(path).is_file():
-            return path
+    if exists:
+        from ..book import Book
+
+        book = Book.open(args.book, create=False, readonly=True)
+        for key in ("typing_corpus_path", "corpus_path"):
+            path = book.get_meta(key)
+            if path and Path(path).is_file():
+                return path
     raise CircuitbookError("no --corpus given and the book records no corpus file")
 
 
@@ -38,12 +43,19 @@ def run(args) -> int:
     from ..roles.classify import Settings
     from ..roles.run import type_model
 
-    book = Book.open(args.book)
-    corpus = _corpus(args, book)
+    if args.max_stories is not None and args.max_stories < 1:
+        raise CircuitbookError(f"--max-stories must be at least 1, got {args.max_stories}")
+    for name in ("min_count", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CircuitbookError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.alpha < 1:
+        raise CircuitbookError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    corpus = _corpus(args, Book.check(args.book))
+    args.corpus = corpus
+    check_corpus_arg(args)
     stories = list(islice(read_stories(corpus), args.max_stories))
-    if not stories:
-        raise CircuitbookError(f"corpus {corpus} holds no stories")
     model = load(args)
+    book = Book.open(args.book)
     res = type_model(model, stories, book=book, settings=Settings(alpha=args.alpha), min_count=args.min_count,
                      batch_size=args.batch_size)
     book.set_meta("typing_corpus_path", str(Path(corpus).resolve()))

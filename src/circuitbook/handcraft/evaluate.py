@@ -267,7 +267,8 @@ def baselines(original: Weights, removed, means, modes=("zero", "mean")) -> dict
 
 
 def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len: int = 256, batch_size: int = 4,
-                  progress: bool = False, top_k: int = 25, max_calibration_tokens: int = 16384) -> SpecResult:
+                  progress: bool = False, top_k: int = 25, max_calibration_tokens: int = 16384,
+                  fit_progress: bool | None = None) -> SpecResult:
     """Build ``spec`` on ``model`` (fitted on ``fit_stories``), then evaluate it on ``eval_stories``
     against the original and its zero- and mean-ablation baselines (means over ``fit_stories``).
 
@@ -275,6 +276,9 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
 
         r = evaluate_spec(load_spec("spec.yaml"), model, stories[:100], stories[100:], classes)
         print(r.evaluation.summary())
+
+    ``fit_progress`` (default ``progress``): progress bars while fitting; the CLI turns them off so that a
+    spec error found while building is the only thing it prints.
     """
     from ..corpus import batches
     from .build import build
@@ -282,16 +286,18 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
 
     fit_stories, eval_stories = list(fit_stories), list(eval_stories)
     fit = lambda: batches(fit_stories, model.tokenizer, max_len, batch_size)  # noqa: E731
-    means = unit_means(model.weights, fit(), progress)
-    built = build(spec, model, fit, classes, means, max_calibration_tokens, progress)
+    fp = progress if fit_progress is None else fit_progress
+    means = unit_means(model.weights, fit(), fp)
+    built = build(spec, model, fit, classes, means, max_calibration_tokens, fp)
     bl = baselines(model.weights, built.removed, means)
     ev = evaluate(model.weights, built.weights, batches(eval_stories, model.tokenizer, max_len, batch_size), bl,
                   model.tokenizer, classes, top_k=top_k, progress=progress)
     return SpecResult(built, ev)
 
 
-def store(book, result: SpecResult, model=None, corpus: str | None = None) -> int:
-    """Save a :class:`SpecResult` in the book (spec text, figures, full breakdown, replaced/added units)."""
+def store(book, result: SpecResult, model=None, corpus: str | None = None, run_key: str | None = None) -> int:
+    """Save a :class:`SpecResult` in the book (spec text, figures, full breakdown, replaced/added units).
+    ``run_key`` (see book.handcraft.save_evaluation): the same key replaces the earlier evaluation."""
     from ..book import handcraft as hb
 
     built = result.built
@@ -299,4 +305,4 @@ def store(book, result: SpecResult, model=None, corpus: str | None = None) -> in
     units += [(k, l, i, "added", nm) for (k, l, i), nm in built.added.items()]
     text = built.spec.text or built.spec.to_yaml()
     return hb.save_evaluation(book, built.spec.name, text, result.evaluation.to_dict(), units,
-                              model.fingerprint() if model is not None else None, corpus)
+                              model.fingerprint() if model is not None else None, corpus, run_key)

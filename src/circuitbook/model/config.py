@@ -191,9 +191,14 @@ def _checked(c: ModelConfig) -> ModelConfig:
 
 def read_config(path: str | Path) -> ModelConfig:
     try:
-        cfg = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} does not hold a JSON object")
-    return parse_hf_config(cfg)
+    try:
+        return parse_hf_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:  # e.g. "hidden_size": "big"
+        raise ConfigError(f"{path}: a field has the wrong type or value ({type(e).__name__}: {e})") from None

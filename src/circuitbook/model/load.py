@@ -14,6 +14,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from .checkpoint import CheckpointError, check_finite, check_safetensors, check_shapes
 from .config import ConfigError, ModelConfig, parse_hf_config, read_config
 from .forward import Intervention, log_probs, run
 from .tokenizer import Tokenizer
@@ -72,18 +73,38 @@ class Model:
         return h.hexdigest()[:16]
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+def _read_state_dict(path: Path, cfg: ModelConfig | None = None) -> dict[str, Tensor]:
+    """Every tensor of the checkpoint in ``path``; with ``cfg``, each file's header, sizes and shapes are
+    checked against it first (model/checkpoint.py), so a bad file is one clear error, never a traceback."""
     st = sorted(path.glob("*.safetensors"))
     if st:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        shapes = {}
+        for f in st:
+            shapes.update(check_safetensors(f))
+        if cfg is not None:
+            check_shapes(cfg, shapes, st[0] if len(st) == 1 else path)
         sd: dict[str, Tensor] = {}
         for f in st:
-            sd.update(load_file(str(f)))
+            try:
+                sd.update(load_file(str(f)))
+            except (SafetensorError, OSError, RuntimeError) as e:  # corrupt beyond what the header shows
+                raise CheckpointError(f"{f} cannot be read: {str(e).splitlines()[0]}") from None
         return sd
     binf = path / "pytorch_model.bin"
     if binf.exists():
-        return torch.load(binf, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(binf, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, not a pickle, unsafe pickle: all bad input
+            raise CheckpointError(f"{binf} cannot be read (truncated or not a PyTorch checkpoint): "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+            raise CheckpointError(f"{binf} does not hold a state dict of tensors")
+        if cfg is not None:
+            check_shapes(cfg, {k: tuple(v.shape) for k, v in sd.items()}, binf)
+        return sd
     raise ModelLoadError(f"{path} has no model.safetensors or pytorch_model.bin")
 
 
@@ -124,7 +145,9 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json")
     cfg = read_config(path / "config.json")
-    weights = from_hf_state_dict(cfg, _read_state_dict(path), dtype=dtype).to(device=device)
+    sd = _read_state_dict(path, cfg)
+    check_finite(sd, path)
+    weights = from_hf_state_dict(cfg, sd, dtype=dtype).to(device=device)
     if weights.W_E.shape != (cfg.d_vocab, cfg.d_model):
         raise ConfigError(f"embedding is {tuple(weights.W_E.shape)} but config says "
                           f"vocab {cfg.d_vocab} x d_model {cfg.d_model}")
@@ -133,6 +156,12 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
         tok = Tokenizer.from_dir(path, cfg.bos_token_id)
     except FileNotFoundError:
         warnings.warn(f"{path} has no tokenizer files; pass token ids directly", stacklevel=2)
+    except Exception as e:  # a corrupt tokenizer.json / vocab.json: the tokenizers library's own error types
+        raise ModelLoadError(f"{path}: the tokenizer files cannot be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if tok is not None and tok.vocab_size > cfg.d_vocab:
+        raise ModelLoadError(f"{path}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                             f"{cfg.d_vocab} (config.json vocab_size)")
     return Model(weights, tok, str(source), path)
 
 

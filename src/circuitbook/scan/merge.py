@@ -26,7 +26,7 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
     for p in inputs:
         if not Path(p).exists():
             raise ScanError(f"no book at {p}")
-        b = Book.open(p, create=False)
+        b = Book.open(p, create=False, readonly=True)
         got = load_state(b)
         if got is None:
             raise ScanError(f"{p} holds no scan")
@@ -64,7 +64,7 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
                                if k in {f.name for f in dataclasses.fields(ScanSettings)}})
     settings.shard = (0, 1)
     identity = {**ident0, "shard": [0, 1] if ident0.get("max_tokens") is None else [0, -n]}
-    first = Book.open(inputs[0], create=False)
+    first = Book.open(inputs[0], create=False, readonly=True)
     progress = {k: states.progress[k] for k in ("sequences", "tokens")}
     progress["batch"], progress["last"] = None, None
     progress["merged_from"] = [str(p) for p in inputs]

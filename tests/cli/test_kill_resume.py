@@ -1,0 +1,124 @@
+"""Every long job survives SIGKILL: killed at random points and re-run, it ends with the same book.
+
+Each job (``circuits``, ``type``, ``handcraft``) runs as a real subprocess (``python -c KILLER``: the CLI with a
+hook on ``Book.transaction``) that SIGKILLs itself at a chosen point: inside the n-th write transaction
+(after its statements, before COMMIT: SQLite must discard it) or just after the n-th commit (while the next
+piece of work is being computed). Points are drawn with a seeded RNG over the uninterrupted run's
+transactions. A chain of killed runs on the same book, then one run to the end, must leave every table
+(timestamps of runs aside) equal to the book of one uninterrupted run, and no lock file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+KILLER = r"""
+import contextlib, os, signal, sys
+from circuitbook.book import core
+
+mode, n, log = os.environ.get("CB_KILL_MODE", ""), int(os.environ.get("CB_KILL_N", "0")), os.environ["CB_LOG"]
+orig, count = core.Book.transaction, [0]
+
+@contextlib.contextmanager
+def transaction(self):
+    with orig(self) as c:
+        count[0] += 1
+        with open(log, "w") as f:
+            f.write(str(count[0]))
+        yield c
+        if mode == "inside" and count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "after" and count[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+core.Book.transaction = transaction
+from circuitbook.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+# columns that hold wall-clock times (the only thing allowed to differ between two runs)
+TIMES = {"runs": None, "handcraft_evals": {"created"}, "circuit_done": {"at"}}
+
+
+def dump(path: Path) -> dict:
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    out = {}
+    for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
+        if t in TIMES and TIMES[t] is None:
+            continue
+        cols = [r[1] for r in c.execute(f"PRAGMA table_info({t})") if r[1] not in (TIMES.get(t) or ())]
+        out[t] = sorted(tuple(r) for r in c.execute(f"SELECT {', '.join(cols)} FROM {t}"))
+    c.close()
+    return out
+
+
+def run(argv, tmp: Path, mode: str = "", n: int = 0):
+    env = dict(os.environ, PYTHONPATH=str(SRC), CB_KILL_MODE=mode, CB_KILL_N=str(n), CB_LOG=str(tmp / "count"),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CIRCUITBOOK_MALLOC_TUNING="0")
+    p = subprocess.run([sys.executable, "-c", KILLER, *argv], env=env, capture_output=True, text=True, timeout=600)
+    count = int((tmp / "count").read_text()) if (tmp / "count").exists() else 0
+    (tmp / "count").unlink(missing_ok=True)
+    return p, count
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from circuitbook.demo import build_demo
+
+    d = build_demo(d_mlp=32, n_stories=60)
+    out = d.write(tmp_path_factory.mktemp("killdemo"))
+    spec = {"name": "planted", "neurons": [
+        {"name": k, "replaces": d.truth[k], "input": {"ids": d.truth["rules"][k]["reads"]},
+         "output": {"promote": {"ids": d.truth["rules"][k]["writes"]}}, "strength": 4, "bias": -2, "gain": 2}
+        for k in ("pronoun_verb", "search")]}
+    (out / "spec.json").write_text(json.dumps(spec))
+    return out
+
+
+JOBS = {
+    "circuits": lambda d, b, o: ["circuits", str(d), "--book", str(b), "--corpus", str(d / "stories.txt"),
+                                 "--stories", "20", "--no-progress"],
+    "type": lambda d, b, o: ["type", str(d), "--book", str(b), "--corpus", str(d / "stories.txt")],
+    "handcraft": lambda d, b, o: ["handcraft", str(d / "spec.json"), "--model", str(d), "--corpus",
+                                  str(d / "stories.txt"), "--book", str(b), "--stories", "30", "--batch-size", "16",
+                                  "--save-model", str(o)],
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_sigkill_at_random_points_then_resume_gives_the_same_book(job, demo_dir, tmp_path):
+    ref, ref_out = tmp_path / "ref.db", tmp_path / "ref-model"
+    p, total = run(JOBS[job](demo_dir, ref, ref_out), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert total >= 3
+
+    book, out = tmp_path / "killed.db", tmp_path / "killed-model"
+    rng = random.Random(f"{job}-kills")
+    kills, done = [], 0  # done: transactions of the uninterrupted run already committed, roughly
+    for reach in (0.4, 0.7, 1.0):  # early, middle, anywhere in what is left
+        mode, n = rng.choice(["inside", "after"]), 1 + int(rng.random() * reach * max(2, total - done))
+        p, reached = run(JOBS[job](demo_dir, book, out), tmp_path, mode, n)
+        kills.append((mode, n, p.returncode))
+        assert p.returncode in (0, -9), p.stderr[-2000:]
+        done += max(0, reached - 1 - (mode == "inside"))  # each run first re-opens the book (one transaction)
+    assert sum(rc == -9 for *_, rc in kills) >= 2, kills  # most runs really were killed
+    p, _ = run(JOBS[job](demo_dir, book, out), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    print(f"{job}: {total} transactions uninterrupted; kills (mode, n, exit code): {kills}")
+    assert dump(book) == dump(ref), kills
+    assert not Path(f"{book}.lock").exists() and not Path(f"{ref}.lock").exists()
+    if job == "handcraft":
+        assert len(dump(book)["handcraft_evals"]) == 1
+        for f in ("model.safetensors", "config.json"):
+            assert (out / f).read_bytes() == (ref_out / f).read_bytes()
