@@ -98,16 +98,23 @@ def neuron_recovery(model: Model, truth: dict) -> dict[str, float]:
     return recovery(model.weights.W_out[0], truth)
 
 
+def SUPERPOSITION_TRAINING(seed: int = 0):
+    """The small transcoder's training settings: 300 steps of 256 tokens, resampling under-used features."""
+    from ..dictionary import TrainConfig
+
+    return TrainConfig(tokens=256 * 300, batch_size=256, lr=3e-3, warmup_steps=5, buffer_batches=8, seq_batch=16,
+                       max_len=128, seed=seed, dead_tokens=2000, resample_every=25)
+
+
 def run_superposition_check(seed: int = 0, echo=print, progress: bool = False) -> dict:
     """Train a small transcoder on the superposition model and report how well it recovers the rules."""
-    from ..dictionary import DictionaryConfig, TrainConfig
+    from ..dictionary import DictionaryConfig
     from ..dictionary.trainer import train
 
     demo = build_superposition(seed)
     m = demo.model
     dcfg = DictionaryConfig("transcoder", 0, m.cfg.d_model, 32, "topk", k=1)
-    tcfg = TrainConfig(tokens=1024 * 150, batch_size=1024, lr=3e-3, warmup_steps=5, buffer_batches=8,
-                       seq_batch=16, max_len=128, seed=seed, dead_tokens=20_000)
+    tcfg = SUPERPOSITION_TRAINING(seed)
     res = train(m, demo.stories, dcfg, tcfg, progress=progress)
     got, base = recovery(res.dictionary.W_dec.detach(), demo.truth), neuron_recovery(m, demo.truth)
     echo(f"superposition: 8 rules over {D_MLP} neurons; transcoder ({dcfg.d_sae} features, k={dcfg.k}, "

@@ -117,6 +117,12 @@ class TrainConfig:
     dead_tokens: int = 200_000
     """A feature that has not fired for this many training tokens counts as dead (enters AuxK)."""
 
+    resample_every: int = 0
+    """Every this many steps (0: never; only in the first half of training) re-initialise the little-used
+    features (activation mass below 1% of the largest since the last resample) towards the batch's worst-
+    reconstructed rows, sampled with probability proportional to their squared error (Bricken et al. 2023's
+    resampling, applied to under-used as well as dead features; Adam's state for them is reset)."""
+
     buffer_batches: int = 32
     """Corpus batches (of ``seq_batch`` sequences) per shuffle block: the bounded buffer of activations that
     is shuffled and trained on before the next is read (memory ~ buffer_batches * seq_batch * max_len rows)."""

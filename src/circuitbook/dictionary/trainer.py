@@ -84,6 +84,7 @@ class _State:
         self.position = Position()
         self.since_fired = torch.zeros(d_sae, dtype=torch.long)
         self.s_in = self.s_out = None
+        self.mass = torch.zeros(d_sae, dtype=torch.float64)  # activation mass since the last resample
         self.history: list[dict] = []
 
 
@@ -92,7 +93,7 @@ def _save(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> N
     torch.save({"version": CHECKPOINT_VERSION, "dict_cfg": dcfg.to_dict(), "train_cfg": tcfg.to_dict(),
                 "identity": identity, "params": d.state_dict(), "optim": opt.state_dict(), "step": st.step,
                 "position": dataclasses.asdict(st.position), "since_fired": st.since_fired, "s_in": st.s_in,
-                "s_out": st.s_out, "history": st.history}, tmp)
+                "s_out": st.s_out, "history": st.history, "mass": st.mass}, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -108,7 +109,7 @@ def _load(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> b
     if ck.get("version") != CHECKPOINT_VERSION:
         raise DictionaryError(f"checkpoint {path} has version {ck.get('version')}, expected {CHECKPOINT_VERSION}")
     for what, have, want in (("dictionary settings", ck["dict_cfg"], dcfg.to_dict()),
-                             ("training settings", ck["train_cfg"], tcfg.to_dict()),
+                             ("training settings", TrainConfig.from_dict(ck["train_cfg"]).to_dict(), tcfg.to_dict()),
                              ("model/corpus", ck["identity"], identity)):
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
@@ -118,6 +119,7 @@ def _load(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> b
     opt.load_state_dict(ck["optim"])
     st.step, st.position = ck["step"], Position(**ck["position"])
     st.since_fired, st.s_in, st.s_out, st.history = ck["since_fired"], ck["s_in"], ck["s_out"], ck["history"]
+    st.mass = ck.get("mass", st.mass)
     return True
 
 
@@ -144,6 +146,8 @@ def train_step(d: Dictionary, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfi
         fired[idx[vals > 0]] = True
         l0 = float((vals > 0).sum(-1).float().mean())
         l1 = None
+        mass = torch.zeros(cfg.d_sae, dtype=torch.float64, device=x.device).index_add_(
+            0, idx.reshape(-1), vals.detach().reshape(-1).double())
     elif cfg.activation == "relu":
         pre = (x.to(pre_dtype) @ d.W_enc.to(pre_dtype)).float() + d.b_enc
         f = pre.relu()
@@ -151,6 +155,7 @@ def train_step(d: Dictionary, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfi
         fired = (f > 0).any(0)
         l0 = float((f > 0).sum(-1).float().mean())
         l1 = f.sum(-1).mean()
+        mass = f.detach().sum(0).double()
         aux = None
         if aux_k:
             av, ai = pre.detach().masked_fill(~dead, -math.inf).topk(aux_k, dim=-1, sorted=False)
@@ -168,7 +173,33 @@ def train_step(d: Dictionary, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfi
         auxk = float(auxk_t.detach())
     if l1 is not None:
         loss = loss + tcfg.l1_coeff * l1
-    return loss, {"fvu": float(fvu.detach()), "l0": l0, "auxk": auxk, "loss": float(loss.detach())}, fired
+    return loss, {"fvu": float(fvu.detach()), "l0": l0, "auxk": auxk, "loss": float(loss.detach())}, fired, mass
+
+
+@torch.no_grad()
+def resample(d: Dictionary, opt, x: torch.Tensor, y: torch.Tensor, mass: torch.Tensor, seed: int, step: int) -> int:
+    """Re-initialise the features whose activation ``mass`` is below 1% of the largest towards the worst-
+    reconstructed rows of (x, y) (see TrainConfig.resample_every); returns how many were resampled."""
+    low = (mass < 0.01 * mass.max()).nonzero().flatten()
+    if len(low) == 0:
+        return 0
+    err = y - d(x)
+    w = err.pow(2).sum(-1).double()
+    w = w.pow(2) / w.pow(2).sum().clamp_min(1e-30)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    rows = torch.multinomial(w.cpu(), len(low), replacement=True, generator=g).to(x.device)
+    alive = mass >= 0.01 * mass.max()
+    enc_norm = d.W_enc[:, alive].norm(dim=0).mean()
+    e, xs = err[rows], x[rows]
+    d.W_dec[low] = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    d.W_enc[:, low] = (xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)).T * enc_norm
+    d.b_enc[low] = 0.0
+    for p, sl in ((d.W_dec, (low,)), (d.W_enc, (slice(None), low)), (d.b_enc, (low,))):
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][sl] = 0.0
+    return len(low)
 
 
 def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint: str | Path | None = None,
@@ -215,7 +246,8 @@ def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint:
             for group in opt.param_groups:
                 group["lr"] = lr_at(st.step, total, lr, tcfg.warmup_steps, tcfg.lr_decay)
             dead = st.since_fired > tcfg.dead_tokens
-            loss, logs, fired = train_step(d, x, y, tcfg, dead, pre_dtype)
+            loss, logs, fired, mass = train_step(d, x, y, tcfg, dead, pre_dtype)
+            st.mass += mass.cpu()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             d.remove_parallel_grad()
@@ -225,6 +257,9 @@ def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint:
             st.since_fired[fired] = 0
             st.step += 1
             st.position = pos
+            if tcfg.resample_every and st.step % tcfg.resample_every == 0 and st.step <= total // 2:
+                logs["resampled"] = resample(d, opt, x, y, st.mass.to(x.device), tcfg.seed, st.step)
+                st.mass.zero_()
             recent = (recent + [logs])[-20:]
             if st.step % 10 == 0 or st.step == total:
                 st.history.append({"step": st.step, **logs, "dead": float(dead.float().mean())})
