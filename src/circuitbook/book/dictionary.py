@@ -138,7 +138,7 @@ def save_metrics(book: Book, number: int, corpus: str, result: dict, density, hi
     with book.transaction() as c:
         cur = c.execute(
             f"INSERT INTO dictionary_metrics (number, corpus, {', '.join(_METRIC_COLS)}, result, density, created) "
-            f"VALUES ({', '.join('?' * (len(_METRIC_COLS) + 6))})",
+            f"VALUES ({', '.join('?' * (len(_METRIC_COLS) + 5))})",
             (number, corpus, *[_num(result.get(k)) for k in _METRIC_COLS],
              json.dumps(result, default=lambda v: None), dens.tobytes(), time.time()))
         mid = cur.lastrowid

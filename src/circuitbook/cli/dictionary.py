@@ -25,7 +25,7 @@ def register(sub) -> None:
     t.add_argument("--layer", type=int, default=0, help="the model layer whose MLP it reads (default 0)")
     t.add_argument("--features", type=int, default=None, help="dictionary width (default 8 x d_mlp)")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--k", type=int, default=None, help="TopK: active features per token (default 32)")
+    g.add_argument("--k", type=int, default=None, help="TopK: active features per token (default 32, at most --features)")
     g.add_argument("--l1", type=float, default=None, help="ReLU + L1 instead of TopK, with this L1 coefficient")
     t.add_argument("--name", default=None, help="the dictionary's name in the book (default KIND-L<layer>-<features>)")
     t.add_argument("--holdout", type=int, default=100, help="last stories kept out of training and measured on "
@@ -75,7 +75,7 @@ def run_train(args) -> int:
     d_model = model.cfg.d_model
     features = args.features or 8 * model.cfg.d_mlp
     act = "relu" if args.l1 is not None else "topk"
-    dcfg = DictionaryConfig(args.kind, args.layer, d_model, features, act, k=(args.k or 32) if act == "topk" else None)
+    dcfg = DictionaryConfig(args.kind, args.layer, d_model, features, act, k=(args.k or min(32, features)) if act == "topk" else None)
     tcfg = TrainConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, dtype=args.train_dtype, seed=args.seed,
                        checkpoint_every=args.checkpoint_every, **({"l1_coeff": args.l1} if args.l1 is not None else {}))
     number, res, ev = train_into_book(model, args.corpus, args.book, dcfg, tcfg, args.name, args.holdout,
