@@ -33,6 +33,11 @@ def register(sub) -> None:
     t.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default 2M; the corpus repeats)")
     t.add_argument("--batch-size", type=int, default=4096, help="activation rows per step (default 4096)")
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4/sqrt(features/16384))")
+    t.add_argument("--warmup-steps", type=int, default=20, help="learning-rate warm-up steps (default 20)")
+    t.add_argument("--dead-tokens", type=int, default=200_000, help="tokens without firing before a feature counts "
+                   "as dead and enters AuxK (default 200000)")
+    t.add_argument("--resample-every", type=int, default=0, help="resample under-used features every N steps in the "
+                   "first half of training (default 0: off)")
     t.add_argument("--train-dtype", default="fp32", choices=["fp32", "bf16"], help="activation / encoder precision")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
@@ -77,6 +82,7 @@ def run_train(args) -> int:
     act = "relu" if args.l1 is not None else "topk"
     dcfg = DictionaryConfig(args.kind, args.layer, d_model, features, act, k=(args.k or min(32, features)) if act == "topk" else None)
     tcfg = TrainConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, dtype=args.train_dtype, seed=args.seed,
+                       warmup_steps=args.warmup_steps, dead_tokens=args.dead_tokens, resample_every=args.resample_every,
                        checkpoint_every=args.checkpoint_every, **({"l1_coeff": args.l1} if args.l1 is not None else {}))
     number, res, ev = train_into_book(model, args.corpus, args.book, dcfg, tcfg, args.name, args.holdout,
                                       args.overwrite, progress=not args.no_progress)
