@@ -493,7 +493,8 @@ class Book:
     def _check_unit(self, kind: str, layer: int, idx: int) -> None:
         if kind not in kind_names():
             names = [repr(k) for k in kind_names()]
-            raise BookError(f"unit kind must be {', '.join(names[:-1])} or {names[-1]}, not {kind!r}")
+            more = f" (or {', '.join(names[2:])})" if len(names) > 2 else ""  # kinds added after the two built-ins
+            raise BookError(f"unit kind must be {' or '.join(names[:2])}{more}, not {kind!r}")
         cfg = self.unit_context()
         if cfg is not None:
             try:

@@ -175,6 +175,13 @@ def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
     tap("logits", (x @ w.W_U + w.b_U).float())
 
 
+def mlp_input(weights: Weights, layer: int, resid_mid: Tensor) -> Tensor:
+    """What layer ``layer``'s MLP reads: its ln2 applied to ``resid_mid`` (``blocks.{layer}.hook_resid_mid``),
+    computed exactly as the forward does (the input of a transcoder)."""
+    cfg = weights.cfg
+    return _norm(resid_mid, weights.ln2_w[layer], weights.ln2_b[layer], cfg.norm, cfg.eps, lambda n, x: x, "")
+
+
 def log_probs(weights: Weights, tokens: Tensor, interventions: dict[str, Intervention] | None = None) -> Tensor:
     """Log-probabilities of each next token: [batch, pos-1] (position i predicts token i+1)."""
     if tokens.ndim == 1:
