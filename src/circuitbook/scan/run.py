@@ -31,7 +31,7 @@ import torch
 
 from ..book import Book, BookError
 from ..book.scan import RESULT_TABLES
-from ..corpus import CorpusError, corpus_hash, pad, read_stories
+from ..corpus import CorpusError, corpus_hash, pad, read_stories, story_hashes
 from ..errors import CircuitbookError
 from ..model.memory import keep_freed_memory
 from .context import BatchContext
@@ -333,6 +333,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     with book.transaction() as c:
         write_results(c, state, s)
         save_state(book, identity, state if keep_state else None, prog, True, c)
+        # which stories the scan read (0..last), so scoring can refuse them as "held-out" (explain/score.py)
+        book.set_meta("scan_stories", story_hashes(t for _, t in zip(range(prog["last"][0] + 1), get_stories())), c)
     if not keep_state:
         book.conn.execute("VACUUM")  # give the dropped state's pages back
     book.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and the write-ahead log's
