@@ -13,7 +13,9 @@ from ._common import add_model_args, load
 def register(sub) -> None:
     p = sub.add_parser("handcraft", help="build a handcrafted spec into a model and measure the loss it recovers",
                        description=__doc__.splitlines()[0])
-    p.add_argument("spec", help="spec file (.yaml/.json; see docs/handcraft-spec.md)")
+    p.add_argument("spec", nargs="?", help="spec file (.yaml/.json; see docs/handcraft-spec.md)")
+    p.add_argument("--from-book", action="store_true",
+                   help="build the book's structured explanations (circuitbook explain) instead of a spec file")
     p.add_argument("--model", help="model directory or hub id (default: the book's model)")
     p.add_argument("--corpus", required=True, help="stories (TinyStories .txt, text, .jsonl, hf:NAME)")
     p.add_argument("--book", help="book file: reads token classes, stores the evaluation")
@@ -71,8 +73,19 @@ def main(args) -> int:
     from ..handcraft import evaluate_spec, load_spec, save_checkpoint
     from ..handcraft.evaluate import store
 
-    spec = load_spec(Path(args.spec))
+    if args.from_book and not args.book:
+        raise CircuitbookError("--from-book needs --book")
+    if not args.from_book and not args.spec:
+        raise CircuitbookError("give a spec file, or --from-book with --book")
     model, book = model_and_book(args)
+    if args.from_book:
+        from ..explain.to_spec import spec_from_explanations
+
+        spec = spec_from_explanations(book)
+        if not spec.neurons and not spec.heads:
+            raise CircuitbookError(f"{book.path} has no explanations that build (run circuitbook explain)")
+    else:
+        spec = load_spec(Path(args.spec))
     if book is not None:
         book.bind_model(model)
     classes = read_classes(args, book)

@@ -116,6 +116,7 @@ class HeldOut:
     resid: Tensor | None
     forwards: int = 0
     fast_orig: float | None = None
+    final: dict | None = None
 
 
 def collect(model, stories: list[str], kinds_layers: set[tuple[str, int]], st: ScoreSettings,
@@ -259,25 +260,35 @@ def _targets(ho: HeldOut) -> tuple[Tensor, Tensor]:
     return tok, tgt_mask
 
 
+def _final_cache(model, ho: HeldOut) -> dict:
+    """What every fast-path variant shares: the centred final residual at the ablation positions, its
+    pre-scale logits Zr = (r_c * g) @ W_U [P, V], the bias logits c0 [V], |r_c|^2 and the targets."""
+    if ho.final is None:
+        w = model.weights
+        tok, tm = _targets(ho)
+        r = ho.resid[:, :-1][tm].float()
+        if w.cfg.norm == "LN":
+            r = r - r.mean(-1, keepdim=True)
+        WU = w.W_U.float()
+        ho.final = {"r": r, "y": tok[:, 1:][tm], "tm": tm, "Zr": (r * w.lnf_w.float()) @ WU,
+                    "c0": w.lnf_b.float() @ WU + w.b_U.float(), "rr": (r * r).sum(-1)}
+    return ho.final
+
+
 def fast_losses(model, ho: HeldOut, rows: Tensor, deltas: Tensor) -> Tensor:
     """Mean loss (nats/token) over the ablation positions with the final residual r replaced by
-    r + delta_u * row_u, one variant per unit: rows [u, d_model], deltas [u, m, T] -> [u]."""
+    r + delta_u * row_u, one variant per unit: rows [u, d_model], deltas [u, m, T] -> [u].
+    Exact: LN(r + d w) = (r_c + d w_c) / s(d) * g + b with s(d)^2 = (|r_c|^2 + 2 d r_c.w_c + d^2 |w_c|^2) / D + eps."""
     w = model.weights
     cfg = w.cfg
-    tok, tm = _targets(ho)
-    r = ho.resid[:, :-1][tm]  # [P, d] positions that predict a next token
-    y = tok[:, 1:][tm]  # [P]
-    d = deltas[:, :, :-1][:, tm]  # [u, P]
-    g, b = w.lnf_w.float(), w.lnf_b.float()
-    WU, bU = w.W_U.float(), w.b_U.float()
+    F = _final_cache(model, ho)
+    r, y, Zr, c0 = F["r"], F["y"], F["Zr"], F["c0"]
+    d = deltas[:, :, :-1][:, F["tm"]].float()  # [u, P]
+    rows = rows.float()
     if cfg.norm == "LN":
-        r = r - r.mean(-1, keepdim=True)
         rows = rows - rows.mean(-1, keepdim=True)
-    Zr = (r * g) @ WU  # [P, V]
-    Zw = (rows.float() * g) @ WU  # [u, V]
-    c0 = b @ WU + bU
-    var = ((r * r).sum(-1)[None] + 2 * d * (r @ rows.float().T).T + d * d * (rows.float() ** 2).sum(-1)[:, None]) \
-        / cfg.d_model
+    Zw = (rows * w.lnf_w.float()) @ w.W_U.float()  # [u, V]
+    var = (F["rr"][None] + 2 * d * (r @ rows.T).T + d * d * (rows * rows).sum(-1)[:, None]) / cfg.d_model
     s = (var + cfg.eps).sqrt()  # [u, P]
     out = []
     for u in range(rows.shape[0]):
