@@ -291,9 +291,11 @@ def fast_losses(model, ho: HeldOut, rows: Tensor, deltas: Tensor) -> Tensor:
     var = (F["rr"][None] + 2 * d * (r @ rows.T).T + d * d * (rows * rows).sum(-1)[:, None]) / cfg.d_model
     s = (var + cfg.eps).sqrt()  # [u, P]
     out = []
+    buf = torch.empty_like(Zr)
     for u in range(rows.shape[0]):
-        logits = (Zr + d[u][:, None] * Zw[u][None]) / s[u][:, None] + c0
-        out.append((logits.logsumexp(-1) - logits.gather(-1, y[:, None])[:, 0]).double().mean())
+        torch.addcmul(Zr, d[u][:, None], Zw[u][None], out=buf)  # one [P, V] buffer, updated in place
+        buf.div_(s[u][:, None]).add_(c0)
+        out.append((buf.logsumexp(-1) - buf.gather(-1, y[:, None])[:, 0]).double().mean())
     return torch.stack(out)
 
 
