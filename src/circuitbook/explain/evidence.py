@@ -109,6 +109,35 @@ register_evidence_reader("neuron", neuron_evidence)
 register_evidence_reader("head", head_evidence)
 
 
+def example_evidence(book: Book, kind: str, layer: int, idx: int) -> ActivationEvidence | None:
+    """The fallback for an activation kind without its own reader: only its stored example windows
+    (``scan_examples`` rows of that kind). Token means, count, mean and std are taken over the windows'
+    tokens (a sample biased towards high activations: a kind that keeps exact statistics should register
+    a reader that returns them)."""
+    exs = bs.top_examples(book, kind, layer, idx)
+    if not exs:
+        return None
+    windows, stories = _windows(exs)
+    t = np.concatenate([w[0] for w in windows])
+    v = np.concatenate([w[1] for w in windows])
+    ok = (t >= 0) & np.isfinite(v)
+    t, v = t[ok], v[ok]
+    ids, inv, cnt = np.unique(t, return_inverse=True, return_counts=True)
+    means = np.bincount(inv, v) / cnt
+    order = np.argsort(-means)[:32]
+    toks = [(int(ids[i]), float(means[i]), int(cnt[i])) for i in order if cnt[i] >= 3]
+    return ActivationEvidence(UnitRef(kind, layer, idx), int(len(v)), float(v.mean()), float(v.std()), toks,
+                              windows, None, None, None, stories)
+
+
+def reader_for(kind: str) -> Callable[[Book, int, int], object] | None:
+    """The evidence reader of ``kind``: registered, else the example-window fallback for activation kinds."""
+    fn = EVIDENCE_READERS.get(kind)
+    if fn is None and unit_kind(kind).stats == "activation":
+        return lambda book, layer, idx: example_evidence(book, kind, layer, idx)
+    return fn
+
+
 def output_effects(weights, kind: str, layer: int, idxs: list[int], k: int = 64, chunk: int = 256
                    ) -> dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]], float]]:
     """{idx: (top k promoted (id, logit), top k suppressed (id, -logit), robust sd over the vocabulary)} for

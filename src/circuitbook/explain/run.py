@@ -1,7 +1,8 @@
 """The explain and score stages end to end: what ``circuitbook explain`` / ``circuitbook score`` call.
 
 :func:`explain_book` proposes an explanation for every unit of every kind with an evidence reader
-(``evidence.EVIDENCE_READERS``: neurons, heads, and kinds registered later) and appends them to the book
+(``evidence.reader_for``: neurons, heads, any kind registered later with a reader or with
+example windows in the scan tables) and appends them to the book
 as author "auto" (never touching what people wrote; see ``book/explanations.py`` for precedence).
 :func:`score_book` scores the explanation that counts for each unit (a person's label that parses
 included, see ``labels.py``) on held-out stories and stores the scores.
@@ -19,7 +20,7 @@ from ..book import explanations as be
 from ..book import roles as br
 from ..book import scan as bs
 from ..units import unit_kind
-from .evidence import EVIDENCE_READERS, ActivationEvidence, output_effects
+from .evidence import ActivationEvidence, output_effects, reader_for
 from .labels import import_labels
 from .program import ProgramError, program_from_dict
 from .propose import ProposeSettings, propose_activation, propose_attention
@@ -63,7 +64,7 @@ def explain_book(book: Book, model=None, settings: ProposeSettings | None = None
              "scan_stories": len(book.get_meta("scan_stories") or []) or None,
              "effects": "weights" if model is not None else "circuits"}
     rows, by_kind, n_rules = [], {}, 0
-    units = [u for u in book.units() if u[0] in EVIDENCE_READERS and (kinds is None or u[0] in kinds)]
+    units = [u for u in book.units() if reader_for(u[0]) is not None and (kinds is None or u[0] in kinds)]
     effects: dict = {}
     if model is not None:
         for kind, layer in sorted({(k, l) for k, l, _ in units}):
@@ -72,7 +73,7 @@ def explain_book(book: Book, model=None, settings: ProposeSettings | None = None
                 for i, e in output_effects(model.weights, kind, layer, idxs).items():
                     effects[(kind, layer, i)] = e
     for kind, layer, idx in tqdm(units, desc="explain", unit="unit", disable=not progress):
-        ev = EVIDENCE_READERS[kind](book, layer, idx)
+        ev = reader_for(kind)(book, layer, idx)
         if ev is None:
             continue
         if isinstance(ev, ActivationEvidence):
