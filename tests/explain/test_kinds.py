@@ -26,7 +26,6 @@ def toy_book(planted0, tmp_path):
         book = Book.open(dst)
         n = planted0["demo"].truth["article_noun"]
         from circuitbook.book import scan as bs
-        from circuitbook.book.scan import _example  # noqa: F401  (rows are written below through sqlite3)
 
         rows = [r for r in bs.top_examples(book, "neuron", 0, n)]
         con = sqlite3.connect(dst)

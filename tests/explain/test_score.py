@@ -8,7 +8,6 @@ import pytest
 import torch
 from scipy import stats
 
-from circuitbook.corpus import batches
 from circuitbook.explain.program import ActivationProgram, Clause
 from circuitbook.explain.run import resolver_for
 from circuitbook.explain.score import (ScoreError, ScoreSettings, balanced_accuracy, check_held_out, collect,

@@ -28,7 +28,6 @@ any of them is refused.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ from ..handcraft.evaluate import recovered
 from ..model import run
 from ..units import unit_kind
 from .access import access, mean_replacement
-from .program import ActivationProgram, AttentionProgram
+from .program import ActivationProgram
 from .simulate import Resolver, simulate_activation, simulate_pattern
 
 

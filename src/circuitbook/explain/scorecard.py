@@ -32,7 +32,7 @@ from .access import access, merge
 from .labels import import_labels
 from .program import ActivationProgram
 from .run import resolver_for, scoring_items
-from .score import HeldOut, ScoreError, ScoreSettings, check_held_out, collect
+from .score import HeldOut, ScoreSettings, check_held_out, collect
 from .simulate import simulate_activation
 
 
@@ -113,7 +113,6 @@ def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | N
     import_labels(book)
     items = [it for it in scoring_items(book) if unit_kind(it[0]).stats == "activation"
              and isinstance(it[5], ActivationProgram) and it[5].clauses]
-    cfg = book.unit_context() or {}
     kinds_layers = {(k, l) for k, l, _ in book.units() if unit_kind(k).stats == "activation"
                     and (k, l) in {(a, b) for a, b, *_ in items}} or {("neuron", l) for l in range(model.cfg.n_layers)}
     ho = collect(model, stories, kinds_layers, st, progress)
