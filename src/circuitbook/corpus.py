@@ -288,3 +288,11 @@ def batches(stories, tokenizer, max_len: int = 512, batch_size: int = 8, pad_id:
             pending = []
     if pending:
         yield flush()
+
+
+def story_hashes(stories) -> list[str]:
+    """A short sha256 of each story's text (stripped), in order: which stories a stage used, without the text.
+
+    The scan records these for the stories it read (book meta ``scan_stories``), so that a later stage
+    scoring explanations can refuse "held-out" stories the explanations were made from."""
+    return [hashlib.sha256(s.strip().encode()).hexdigest()[:16] for s in stories]

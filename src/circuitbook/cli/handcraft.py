@@ -13,7 +13,9 @@ from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
 def register(sub) -> None:
     p = sub.add_parser("handcraft", help="build a handcrafted spec into a model and measure the loss it recovers",
                        description=__doc__.splitlines()[0])
-    p.add_argument("spec", help="spec file (.yaml/.json; see docs/handcraft-spec.md)")
+    p.add_argument("spec", nargs="?", help="spec file (.yaml/.json; see docs/handcraft-spec.md)")
+    p.add_argument("--from-book", action="store_true",
+                   help="build the book's structured explanations (circuitbook explain) instead of a spec file")
     p.add_argument("--model", help="model directory or hub id (default: the book's model)")
     p.add_argument("--corpus", required=True, help="stories (TinyStories .txt, text, .jsonl, hf:NAME)")
     p.add_argument("--book", help="book file: reads token classes, stores the evaluation")
@@ -118,10 +120,15 @@ def main(args) -> int:
     from ..book import Book
 
     check_numbers(args)
+    if args.from_book and not args.book:
+        raise CircuitbookError("--from-book needs --book")
+    if not args.from_book and not args.spec:
+        raise CircuitbookError("give a spec file, or --from-book with --book")
     if not 0 < args.fit_fraction < 1:
         raise CircuitbookError("--fit-fraction must be between 0 and 1")
-    check_spec_file(args.spec)
-    spec = load_spec(Path(args.spec))
+    if not args.from_book:
+        check_spec_file(args.spec)
+        spec = load_spec(Path(args.spec))
     check_corpus_arg(args, min_stories=2)
     if args.book:
         Book.check(args.book)
@@ -130,6 +137,12 @@ def main(args) -> int:
     model, book = model_and_book(args)  # the book read-only: nothing is written before the evaluation is done
     if book is not None:
         check_same_model(book, model)
+    if args.from_book:
+        from ..explain.to_spec import spec_from_explanations
+
+        spec = spec_from_explanations(book)
+        if not spec.neurons and not spec.heads:
+            raise CircuitbookError(f"{book.path} has no explanations that build (run circuitbook explain)")
     classes = read_classes(args, book)
     stories = stories_of(args)
     n_fit = max(1, min(len(stories) - 1, round(len(stories) * args.fit_fraction)))

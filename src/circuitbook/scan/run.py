@@ -31,7 +31,7 @@ import torch
 
 from ..book import Book, BookError
 from ..book import scan as store
-from ..corpus import CorpusError, corpus_hash, pad, read_stories
+from ..corpus import CorpusError, corpus_hash, pad, read_stories, story_hashes
 from ..errors import CircuitbookError
 from ..model.memory import keep_freed_memory
 from .context import BatchContext
@@ -330,6 +330,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     with book.transaction() as c:
         write_results(c, state, s)
         save_state(book, identity, state if keep_state else None, prog, True, c)
+        # which stories the scan read (0..last), so scoring can refuse them as "held-out" (explain/score.py)
+        book.set_meta("scan_stories", story_hashes(t for _, t in zip(range(prog["last"][0] + 1), get_stories())), c)
     if not keep_state:
         book.vacuum()  # give the dropped state's pages back
     book.checkpoint_wal()  # and the write-ahead log's

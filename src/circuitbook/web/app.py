@@ -5,6 +5,7 @@ Routes (all pages are server-rendered HTML; the JSON API is what the pages' Java
     GET  /                              index (query: q, kind, layer, type, cls, label, concept, offset)
     GET  /neuron/{layer}/{idx}          neuron page        GET /head/{layer}/{idx}   head page
     GET  /go?unit=N0.896                jump to a unit
+    GET  /scorecard                     explanations' scores, scorecard runs and the work queue (web/scorecard.py)
     GET  /prompt?text=&target=&pos=&ablate=   prompt page (needs a model)
     GET  /api/unit/{kind}/{layer}/{idx}             label, notes, status as JSON
     POST /api/unit/{kind}/{layer}/{idx}/label       set label / notes / status (JSON body or a form post)
@@ -214,5 +215,8 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
     def unit_page(kind: str, layer: str, idx: str):
         return site.unit_page(kind, layer, idx)
 
+    from .scorecard import register as register_scorecard
+
+    register_scorecard(app, book)  # GET /scorecard (web/scorecard.py)
     app.state.runner = runner
     return app

@@ -1,0 +1,53 @@
+"""``circuitbook score BOOK --corpus HELD_OUT``: score every explanation of the book on held-out stories
+(simulation correlation, detection balanced accuracy, ablation loss recovered) and store the scores."""
+
+from __future__ import annotations
+
+from ._common import add_model_args
+
+
+def add_scoring_args(p) -> None:
+    p.add_argument("book", help="a book with explanations (circuitbook explain)")
+    p.add_argument("--corpus", required=True, help="held-out stories (never those the book's scan read)")
+    p.add_argument("--model", help="model directory or hub id (default: the book's model)")
+    p.add_argument("--stories", type=int, default=None, help="use only the first N stories")
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=int, default=64, help="tokens per scoring window (default 64)")
+    add_model_args(p, required=False)
+
+
+def stories(args) -> list[str]:
+    from itertools import islice
+
+    from ..corpus import read_stories
+
+    return list(islice(read_stories(args.corpus), args.stories))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="score every explanation of a book on held-out stories",
+                       description=__doc__.splitlines()[0])
+    add_scoring_args(p)
+    p.add_argument("--no-ablation", action="store_true", help="skip the ablation scores")
+    p.add_argument("--ablation-tokens", type=int, default=512, help="positions the ablation scores use (default 512)")
+    p.add_argument("--kind", action="append", help="only units of this kind (repeatable)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..corpus import corpus_hash
+    from ..explain.run import score_book
+    from ..explain.score import ScoreSettings
+    from .explain import book_model, open_book
+
+    book = open_book(args.book)
+    model = book_model(args, book)
+    st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size,
+                       ablation=not args.no_ablation, ablation_tokens=args.ablation_tokens)
+    r = score_book(book, model, stories(args), st, kinds=args.kind,
+                   corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True)
+    print(r.summary())
+    if not r.held_out.get("checked"):
+        print("warning: " + r.held_out["reason"])
+    return 0

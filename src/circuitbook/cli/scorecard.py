@@ -1,0 +1,33 @@
+"""``circuitbook scorecard BOOK --corpus HELD_OUT``: splice every explanation in at once (explained units
+simulated, the rest mean-ablated) and report the loss recovered, with its breakdown and curve; stored."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from .score import add_scoring_args
+
+    p = sub.add_parser("scorecard", help="how much of the model's loss do the book's explanations recover, together",
+                       description=__doc__.splitlines()[0])
+    add_scoring_args(p)
+    p.add_argument("--curve-points", type=int, default=8, help="points on the units-vs-recovered curve (default 8)")
+    p.add_argument("--json", action="store_true", help="print the scorecard as JSON")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    import json
+
+    from ..corpus import corpus_hash
+    from ..explain.score import ScoreSettings
+    from ..explain.scorecard import scorecard
+    from .explain import book_model, open_book
+    from .score import stories
+
+    book = open_book(args.book)
+    model = book_model(args, book)
+    st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size)
+    card = scorecard(book, model, stories(args), st, args.curve_points,
+                     corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True)
+    print(json.dumps(card.to_dict(), indent=1) if args.json else card.summary())
+    return 0
