@@ -7,6 +7,7 @@ proposes disjoint groups, in this order (a node joins the first group that takes
     type    unit nodes whose units share a type (``types``: {(kind, layer, idx): "syntax PRON -> VERB"...},
             e.g. from the book's typing stage) — at least two nodes
     unit    the same unit (kind, layer, index) at several positions / sources
+    source  unit nodes reading the same source position (heads: "reads ' upon'@2")
 
 :func:`collapse` redraws the graph with each group as one node (id ``super/{name}``, kind "supernode",
 value and direct the sums of its members', row the latest member's stage) and every edge between two
@@ -65,7 +66,8 @@ def auto_groups(g: Graph, types: dict[tuple[str, int, int], str] | None = None) 
     units = [(n, _unit(n)) for n in g.nodes if _unit(n) is not None]
     rules = [("label", lambda n, u: n.label or None),
              ("type", lambda n, u: (types or {}).get(u)),
-             ("unit", lambda n, u: unit_key(*u))]
+             ("unit", lambda n, u: unit_key(*u)),
+             ("source", lambda n, u: f"reads {n.token!r}@{n.src}" if n.src is not None else None)]
     used_names: set[str] = set()
     for rule, key in rules:
         by: dict[str, list[str]] = defaultdict(list)
