@@ -86,8 +86,8 @@ def save_graph(book: Book, name: str, *, prompt: str, target: int, settings: dic
                overwrite: bool = False) -> int:
     """Store one graph under ``name``; an existing name is refused unless ``overwrite`` (which replaces the
     graph and drops its supernodes, hypotheses and experiments). Returns the graph id."""
-    if not name or len(name) > 200:
-        raise GraphNameError("a saved graph needs a name of 1..200 characters")
+    if not name or len(name) > 200 or "/" in name or name != name.strip():
+        raise GraphNameError(f"graph name {name[:40]!r}: give 1..200 characters, no '/' and no surrounding spaces")
     with book.transaction() as c:
         old = c.execute("SELECT id FROM graphs WHERE name = ?", (name,)).fetchone()
         if old is not None:
