@@ -14,8 +14,9 @@ def test_save_prune_group_test_export(ts1l_dir, tmp_path, capsys):
     b = tmp_path / "b.db"
     Book.open(b).close()
     m = str(ts1l_dir)
-    assert main(["graph", m, PROMPT, "--book", str(b), "--save", "demo", "--prune"]) == 0
+    assert main(["graph", m, PROMPT, "--book", str(b), "--save", "demo", "--prune", "--qk"]) == 0
     out = capsys.readouterr().out
+    assert "token-token positional" in out
     assert "retained influence" in out and "completeness" in out and "saved graph 'demo'" in out
     assert main(["graph", m, PROMPT, "--book", str(b), "--save", "demo"]) == 2
     err = capsys.readouterr().err

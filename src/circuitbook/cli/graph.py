@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--node-share", type=float, default=0.8, help="with --prune: node influence share (0.8)")
     p.add_argument("--edge-share", type=float, default=0.98, help="with --prune: edge influence share (0.98)")
     p.add_argument("--pool", type=int, default=300, help="with --prune: candidates by |value| (default 300)")
+    p.add_argument("--qk", action="store_true", help="QK attribution of the head nodes: token-token vs positional "
+                                                     "share of why each head attended where it did")
     p.add_argument("--book", help="book to read unit labels from (and to --save into)")
     p.add_argument("--save", metavar="NAME", help="save the graph in --book under NAME")
     p.add_argument("--overwrite", action="store_true", help="with --save: replace a saved graph of that name")
@@ -83,6 +86,17 @@ def run(args) -> int:
     print(f"{'node':24s} {'value':>9s} {'direct':>9s}  label")
     for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
         print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")
+    if args.qk:
+        from ..graph.qk import graph_qk
+
+        heads = sorted((n for n in g.nodes if n.kind == "head"), key=lambda n: -abs(n.value))[:10]
+        qk = graph_qk(model, dataclasses.replace(g, nodes=heads))
+        print(f"{'head node (QK)':24s} {'score':>8s} {'vs avg':>8s}  token-token positional other")
+        for n in heads:
+            a = qk[n.id]
+            sh = a.shares
+            print(f"{n.title:24s} {a.score:+8.3f} {a.centred:+8.3f}  {sh['token_token']:11.2f} {sh['positional']:10.2f} "
+                  f"{sh['other']:5.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(g), indent=1))
         print(f"wrote {args.json}")
