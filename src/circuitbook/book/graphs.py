@@ -115,7 +115,9 @@ def graph_row(book: Book, name: str) -> dict:
 
 def saved_graphs(book: Book) -> list[dict]:
     """Every saved graph's headline (id, name, prompt, target, node / edge / supernode / hypothesis
-    counts, created), newest first."""
+    counts, created), newest first; none in a book opened read-only before this component existed."""
+    if "graphs" not in book.schema_versions():
+        return []
     return [dict(r) for r in book.conn.execute(
         "SELECT g.id, g.name, g.prompt, g.target, json_array_length(g.nodes) AS n_nodes, "
         "json_array_length(g.edges) AS n_edges, g.created, "
