@@ -1,7 +1,8 @@
-"""circuitbook graph MODEL "prompt": attribution graph of one predicted token (print, --json, --svg)."""
+"""circuitbook graph MODEL "prompt": attribution graph of one predicted token (print, --json, --svg, --save)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,17 @@ def register(sub) -> None:
     p.add_argument("--nodes", type=int, default=40, help="keep this many nodes by |value| (default 40)")
     p.add_argument("--edges", type=int, default=150, help="keep this many edges by |weight| (default 150)")
     p.add_argument("--keep-inputs", action="store_true", help="keep every input token as a node")
-    p.add_argument("--book", help="book to read unit labels from")
+    p.add_argument("--prune", action="store_true", help="prune by influence (circuit-tracer's rule) instead of "
+                                                        "top-N: keep the nodes / edges carrying --node-share / "
+                                                        "--edge-share of the target's influence")
+    p.add_argument("--node-share", type=float, default=0.8, help="with --prune: node influence share (0.8)")
+    p.add_argument("--edge-share", type=float, default=0.98, help="with --prune: edge influence share (0.98)")
+    p.add_argument("--pool", type=int, default=300, help="with --prune: candidates by |value| (default 300)")
+    p.add_argument("--qk", action="store_true", help="QK attribution of the head nodes: token-token vs positional "
+                                                     "share of why each head attended where it did")
+    p.add_argument("--book", help="book to read unit labels from (and to --save into)")
+    p.add_argument("--save", metavar="NAME", help="save the graph in --book under NAME")
+    p.add_argument("--overwrite", action="store_true", help="with --save: replace a saved graph of that name")
     p.add_argument("--json", help="write the graph as JSON here")
     p.add_argument("--svg", help="write the graph as SVG here")
     p.add_argument("--ablate", nargs="+", metavar="NODE", help="also ablate these node ids (e.g. head/0/9/14/13) "
@@ -41,22 +52,40 @@ def run(args) -> int:
     for out in (args.json, args.svg):
         if out and (Path(out).is_dir() or not Path(out).parent.is_dir()):
             raise CircuitbookError(f"cannot write {out}: it is a directory or its directory does not exist")
-    labels = None
+    labels = book = None
+    if args.save and not args.book:
+        raise CircuitbookError("--save needs --book, the book to save the graph in")
     if args.book:
         if not Path(args.book).is_file():
             raise CircuitbookError(f"book {args.book} does not exist")
         from ..book import Book
 
-        labels = Book.open(args.book, create=False, readonly=True).labelled()
+        book = Book.open(args.book, create=False, readonly=not args.save)
+        labels = book.labelled()
+        if args.save and not args.overwrite:
+            from ..book.graphs import GraphNameError, saved_graphs
+
+            if args.save in {r["name"] for r in saved_graphs(book)}:
+                raise GraphNameError(f"a graph named {args.save!r} is already saved in {args.book}; "
+                                     f"choose another name or pass --overwrite")
     model = load(args)
     target = args.token_id if args.token_id is not None else args.token
     contrast = args.contrast_id if args.contrast_id is not None else args.contrast
-    g = attribute(model, args.prompt, target, pos=args.pos, contrast=contrast, max_nodes=args.nodes,
-                  max_edges=args.edges, keep_inputs=args.keep_inputs, labels=labels)
+    report = None
+    if args.prune:
+        from ..graph.prune import attribute_pruned
+
+        g, report = attribute_pruned(model, args.prompt, target, pos=args.pos, contrast=contrast, pool=args.pool,
+                                     node_share=args.node_share, edge_share=args.edge_share, labels=labels)
+    else:
+        g = attribute(model, args.prompt, target, pos=args.pos, contrast=contrast, max_nodes=args.nodes,
+                      max_edges=args.edges, keep_inputs=args.keep_inputs, labels=labels)
     what = f"logit[{g.target_str!r}]" + (f" - logit[{g.contrast_str!r}]" if g.contrast is not None else "")
     print(f"{what} at position {g.pos} (after {g.token_strs[g.pos]!r}) = {g.logit:.4f}")
     print(f"{len(g.nodes) - 1} of {g.n_candidates} nodes, {len(g.edges)} edges; "
           f"direct constants {sum(g.constants.values()):+.4f}")
+    if report is not None:
+        print(report.summary())
     print(f"{'node':24s} {'value':>9s} {'direct':>9s}  label")
     for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
         print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")
@@ -66,12 +95,29 @@ def run(args) -> int:
             r = ablate(model, args.prompt, args.ablate, g.target, pos=g.pos, contrast=g.contrast, mode=args.mode)
         except CircuitbookError as e:
             raise CircuitbookError(f"--ablate {' '.join(args.ablate)}: {e}") from None
+    if args.qk:
+        from ..graph.qk import graph_qk
+
+        heads = sorted((n for n in g.nodes if n.kind == "head"), key=lambda n: -abs(n.value))[:10]
+        qk = graph_qk(model, dataclasses.replace(g, nodes=heads))
+        print(f"{'head node (QK)':24s} {'score':>8s} {'vs avg':>8s}  token-token positional other")
+        for n in heads:
+            a = qk[n.id]
+            sh = a.shares
+            print(f"{n.title:24s} {a.score:+8.3f} {a.centred:+8.3f}  {sh['token_token']:11.2f} {sh['positional']:10.2f} "
+                  f"{sh['other']:5.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(g), indent=1))
         print(f"wrote {args.json}")
     if args.svg:
         Path(args.svg).write_text(to_svg(g))
         print(f"wrote {args.svg}")
+    if args.save:
+        from ..graph.saved import save
+
+        save(book, args.save, g, args.prompt, model.fingerprint(), overwrite=args.overwrite,
+             extra_settings={"pool": args.pool} if args.prune else None)
+        print(f"saved graph {args.save!r} in {args.book}")
     if r is not None:
         print(f"ablating {', '.join(r.ablations)} ({r.mode}): {r.logit_before:.4f} -> {r.logit_after:.4f} "
               f"(delta {r.delta:+.4f}); now predicts " + ", ".join(f"{s!r} {p:.3f}" for _, s, p, _ in r.top_after))

@@ -57,7 +57,8 @@ def to_json(g: Graph) -> dict:
                    "contrast_str": g.contrast_str, "logit": g.logit},
         "constants": dict(g.constants), "bias_flow": dict(g.bias_flow),
         "n_layers": g.n_layers, "n_candidates": g.n_candidates, "settings": dict(g.settings),
-        "nodes": [{**{f: getattr(n, f) for f in _NODE_FIELDS}, "title": n.title} for n in g.nodes],
+        "nodes": [{**{f: getattr(n, f) for f in _NODE_FIELDS}, "title": n.title,
+                   **({"stage_hint": n.stage_hint} if n.stage_hint is not None else {})} for n in g.nodes],
         "edges": [{"source": e.source, "target": e.target, "weight": e.weight} for e in g.edges],
     }
 
@@ -78,7 +79,7 @@ def from_json(d: dict | str) -> Graph:
         pos=t["pos"], target=t["token"], target_str=t["token_str"], contrast=t["contrast"],
         contrast_str=t["contrast_str"], logit=t["logit"], constants=dict(d["constants"]),
         bias_flow=dict(d["bias_flow"]),
-        nodes=[Node(**{f: n[f] for f in _NODE_FIELDS}) for n in d["nodes"]],
+        nodes=[Node(**{f: n[f] for f in _NODE_FIELDS}, stage_hint=n.get("stage_hint")) for n in d["nodes"]],
         edges=[Edge(e["source"], e["target"], e["weight"]) for e in d["edges"]],
         n_layers=d["n_layers"], n_candidates=d["n_candidates"], settings=dict(d.get("settings", {})),
     )
@@ -99,6 +100,7 @@ def esc(s) -> str:
 _STYLE = {  # kind: (fill, stroke)
     "input": ("#edf2f7", "#4a5568"), "head": ("#fefcbf", "#b7791f"),
     "neuron": ("#c6f6d5", "#2f855a"), "logit": ("#e9d8fd", "#6b46c1"),
+    "supernode": ("#fed7e2", "#b83280"),
 }
 
 
@@ -107,6 +109,8 @@ def _short(n: Node) -> str:
         return f"N{n.index}"
     if n.kind == "head":
         return f"H{n.index} {n.pos}\u2190{n.src}"
+    if n.kind == "supernode":
+        return n.token if len(n.token) <= 14 else n.token[:13] + "\u2026"
     tok = n.token if len(n.token) <= 10 else n.token[:9] + "\u2026"
     return tok
 

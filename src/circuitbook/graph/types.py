@@ -64,6 +64,7 @@ class Node:
     ``activation``: neuron post-activation, head attention weight pattern[q, k], logit for the logit, None
         for inputs.
     ``label``: the book's label for the unit (neurons and heads), or None.
+    ``stage_hint``: supernodes only (kind "supernode", id "super/{name}", ``token`` its name): the row.
     """
 
     id: str
@@ -77,11 +78,14 @@ class Node:
     direct: float
     activation: float | None
     label: str | None = None
+    stage_hint: int | None = None  # a supernode's row: the latest stage among its members
 
     @property
     def stage(self) -> int:
         """Order in the forward: input 0, a unit 2l + its kind's sublayer (layer-l heads 2l+1, neurons 2l+2),
-        logit 2*n_layers+1."""
+        logit 2*n_layers+1; a supernode (``stage_hint`` set) sits at its latest member's stage."""
+        if self.stage_hint is not None:
+            return self.stage_hint
         if self.kind == "input":
             return 0
         if self.kind in kind_names():
@@ -97,6 +101,8 @@ class Node:
             return f"L{self.layer} H{self.index} {self.pos}<-{self.src}"
         if self.kind == "input":
             return f"{self.token!r} @{self.pos}"
+        if self.kind == "supernode":
+            return f"[{self.token}]"
         return f"logit {self.token!r} @{self.pos}"
 
 

@@ -10,6 +10,7 @@ Routes (all pages are server-rendered HTML; the JSON API is what the pages' Java
     GET  /api/unit/{kind}/{layer}/{idx}             label, notes, status as JSON
     POST /api/unit/{kind}/{layer}/{idx}/label       set label / notes / status (JSON body or a form post)
     GET  /api/graph.json, /api/graph.svg            the prompt page's attribution graph as a file
+    POST /api/graphs/save, GET /graph/{name}, POST /graph/{name}/...   saved graphs (see web/saved.py)
     GET  /static/{name}                 the stylesheet and script shipped with the package (a fixed list)
 
 Safety: the CLI binds 127.0.0.1 unless told otherwise, and while bound to loopback the app answers
@@ -210,6 +211,10 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
 
         return Response(to_svg(_graph(request), link=node_url), media_type="image/svg+xml",
                         headers={"Content-Disposition": 'attachment; filename="graph.svg"'})
+
+    from .saved import add_saved_graph_routes
+
+    add_saved_graph_routes(app, book, site, runner)  # before the unit pages' catch-all route
 
     @app.get("/{kind}/{layer}/{idx}", response_class=HTMLResponse)
     def unit_page(kind: str, layer: str, idx: str):

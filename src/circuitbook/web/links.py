@@ -27,6 +27,13 @@ def node_url(node, root: str = "/", static: bool = False) -> str | None:
     return unit_url(node.kind, node.layer, node.index, root, static)
 
 
+def saved_graph_url(name: str, action: str = "") -> str:
+    """The page of saved graph ``name`` on the server (``action``: "group", "hypothesis", "export.json"...)."""
+    from urllib.parse import quote
+
+    return f"/graph/{quote(name, safe='')}" + (f"/{action}" if action else "")
+
+
 def linked_json(graph) -> dict:
     """The graph's JSON (``circuitbook.graph.to_json``) with each node's "link" (:func:`node_url`) added."""
     from ..graph import to_json

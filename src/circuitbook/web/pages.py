@@ -23,7 +23,7 @@ from ..book import render
 from ..errors import CircuitbookError
 from ..units import UnitError, kind_names, unit_kind, unit_kinds
 from .index import LABEL_FILTERS, Row, filter_rows, index_rows
-from .links import node_url, unit_url
+from .links import node_url, saved_graph_url, unit_url
 
 _INT = re.compile(r"^[0-9]{1,9}$")
 
@@ -51,6 +51,13 @@ def parse_unit(kind: str, layer: str | int, idx: str | int, cfg: dict | None) ->
             raise NotFound(f"no {kind} {idx} in layer {layer}: the model has {size} {spec.title}s per layer "
                            f"(0..{size - 1})")
     return kind, layer, idx
+
+
+def saved_graph_rows(book: Book) -> list[dict]:
+    """The book's saved graphs for the index, each with its page's URL (``links.saved_graph_url``)."""
+    from ..book.graphs import saved_graphs
+
+    return [{**r, "url": saved_graph_url(r["name"])} for r in saved_graphs(book)]
 
 
 class Site:
@@ -140,7 +147,8 @@ class Site:
             layers=list(range(cfg.get("n_layers", 0))), types=sorted({r.type for r in rows if r.type}),
             classes=sorted({r.cls for r in rows if r.cls}), label_filters=LABEL_FILTERS,
             has_concepts=self.concept_search_available() and not self.static, cfg=cfg,
-            n_labelled=sum(1 for r in rows if r.label), concept_error=concept_error, coverage=self._coverage())
+            n_labelled=sum(1 for r in rows if r.label), concept_error=concept_error, coverage=self._coverage(),
+            saved_graphs=[] if self.static else saved_graph_rows(self.book))
 
     def _coverage(self) -> dict | None:
         """The handcraft stage's latest coverage run (headline numbers), when the book has one."""
