@@ -232,6 +232,28 @@ def screen_bound(A32: Tensor, B32: Tensor, screen: torch.dtype) -> Tensor:
     raise CircuitError(f"no screening error bound for dtype {screen}; use torch.float32 or torch.bfloat16")
 
 
+def _merge_candidates(best, exact: Tensor, cols: Tensor, edge: Tensor, rows: Tensor, delta: Tensor, A32: Tensor,
+                      B32: Tensor, start: int, n_pairs: int, largest: bool):
+    """Merge one side's pairs of a screened chunk into ``best`` (see :func:`fast_factored_tops`).
+
+    exact, cols [r, c]: a row's c best candidates by screened value, rescored in float32; edge [r]: the
+    screened value of its last candidate; rows [r] (chunk-relative), delta [r]. Rows whose other columns can
+    still beat the N-th best (edge within delta of it) are recomputed whole in float32."""
+    tau = best[0][-1]
+    deep = (edge + delta > tau) if largest else (edge - delta < tau)
+    keep = (exact > tau) if largest else (exact < tau)
+    keep &= ~deep[:, None]
+    if keep.any():
+        ri, ci = keep.nonzero(as_tuple=True)
+        best = _merge(best, exact[ri, ci], rows[ri] + start, cols[ri, ci], n_pairs, largest)
+    if deep.any():
+        d = deep.nonzero()[:, 0]
+        pv, pi = torch.topk(A32[start + rows[d]] @ B32, min(n_pairs, B32.shape[1]), dim=-1, largest=largest)
+        rr = (rows[d] + start)[:, None].expand_as(pi).reshape(-1)
+        best = _merge(best, pv.reshape(-1), rr, pi.reshape(-1), n_pairs, largest)
+    return best
+
+
 def fast_factored_tops(A: Tensor, B: Tensor, k: int = 10, n_pairs: int = 100, bottom_pairs: bool = True,
                        margin: int = 16, max_elems: int = 1 << 24,
                        progress: Callable[[int], None] | None = None, stats: dict | None = None,
@@ -274,9 +296,10 @@ def fast_factored_tops(A: Tensor, B: Tensor, k: int = 10, n_pairs: int = 100, bo
         r = stop - start
         M = torch.mm(As[start:stop], Bs, out=buf[:r])
         delta = delta_all[start:stop]
-        (av, cols), _, rowmax, rowmin, _ = row_extremes(M, c if k > 0 else 0, 0, norms=False)
+        want_bottom = n_pairs > 0 and bottom_pairs
+        (av, cols), (bv, bcols), rowmax, rowmin, _ = row_extremes(M, c, c if want_bottom else 0, norms=False)
+        exact = torch.einsum("re,rce->rc", A32[start:stop], Bt32[cols])  # the candidates in float32
         if k > 0:
-            exact = torch.einsum("re,rce->rc", A32[start:stop], Bt32[cols])
             ev, ei = exact.topk(k, dim=-1)
             ids, vals = cols.gather(1, ei), ev
             # every column left out is at most av[:, -1] + delta in exact value
@@ -299,14 +322,19 @@ def fast_factored_tops(A: Tensor, B: Tensor, k: int = 10, n_pairs: int = 100, bo
                 del full
             else:
                 for largest in sides:
+                    tau = best[largest][0][-1]
+                    hot = (rowmax + delta > tau if largest else rowmin - delta < tau).nonzero()[:, 0]
+                    if not len(hot):
+                        continue
                     if largest:
-                        hot = (rowmax + delta > best[True][0][-1]).nonzero()[:, 0]
+                        ex, cc, edge = exact[hot], cols[hot], av[hot, -1]
                     else:
-                        hot = (rowmin - delta < best[False][0][-1]).nonzero()[:, 0]
-                    if len(hot):
-                        pv, pi = torch.topk(A32[start + hot] @ B32, npair, dim=-1, largest=largest, sorted=True)
-                        rr = (hot + start)[:, None].expand_as(pi).reshape(-1)
-                        best[largest] = _merge(best[largest], pv.reshape(-1), rr, pi.reshape(-1), n_pairs, largest)
+                        ex = torch.einsum("re,rce->rc", A32[start + hot], Bt32[bcols[hot]])
+                        cc, edge = bcols[hot], bv[hot, -1]
+                    if c == m:  # every column is a candidate: nothing left out
+                        edge = torch.full_like(edge, -float("inf") if largest else float("inf"))
+                    best[largest] = _merge_candidates(best[largest], ex, cc, edge, hot, delta[hot], A32, B32,
+                                                      start, n_pairs, largest)
         if progress is not None:
             progress(stop)
     if stats is not None:
