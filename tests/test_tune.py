@@ -37,3 +37,14 @@ def test_cpu_line_names_the_cpu():
     assert info["model"] and info["torch"] == torch.__version__
     assert set(info["flags"]) <= set(tune.FLAGS)
     assert info["model"] in tune.cpu_line()
+
+
+def test_bf16_warning_only_when_bf16_measures_slower(tmp_path, monkeypatch):
+    monkeypatch.setenv(tune.ENV_DIR, str(tmp_path))
+    c = tune.forward_choice(64, 256)
+    msg = tune.bf16_warning(64, 256)  # cached now: the same choice
+    assert (msg is None) == (c["dtype"] == "bf16")
+    entries = json.loads(tune.cache_path().read_text())
+    entries["forward:64x256"] = {"dtype": "fp32", "gflops": {"fp32": 80.0, "bf16": 2.0}}
+    tune.cache_path().write_text(json.dumps(entries))
+    assert "slower than float32" in tune.bf16_warning(64, 256) and "2.0 vs 80.0" in tune.bf16_warning(64, 256)

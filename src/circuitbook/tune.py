@@ -12,7 +12,8 @@ count, so a new CPU, torch or thread setting measures again. Nothing is written 
 * ``CIRCUITBOOK_SCREEN_DTYPE=fp32|bf16``: skip the measurement and use this dtype.
 
 :func:`cpu_info` (model name and the SIMD flags that matter) is what the benchmarks print at their top.
-:func:`matmul_rates` measures float32 / bfloat16 GFLOP/s on one shape (the scan's ``--dtype bf16`` warning).
+:func:`matmul_rates` measures float32 / bfloat16 GFLOP/s on one shape; :func:`bf16_warning` (cached the same
+way) is what the CLI prints when ``--dtype bf16`` is asked for on a CPU where bfloat16 is the slower.
 """
 
 from __future__ import annotations
@@ -112,19 +113,8 @@ def matmul_rates(rows: int, inner: int, cols: int, reps: int = 3) -> dict[str, f
     return out
 
 
-def screen_choice(inner: int, cols: int, rows: int) -> dict:
-    """The screening dtype for ``[rows, inner] @ [inner, cols]`` chunks: {'dtype': 'fp32'|'bf16',
-    'gflops': {dtype: measured GFLOP/s}, 'source': 'measured'|'cache'|'env'}.
-
-    Measured once per machine and shape class (inner, cols rounded up to powers of two), then cached."""
-    env = os.environ.get(ENV_DTYPE)
-    if env:
-        if env not in DTYPES:
-            raise TuneError(f"{ENV_DTYPE}={env!r}: expected one of {', '.join(DTYPES)}")
-        return {"dtype": env, "gflops": {}, "source": "env"}
-    if torch.get_num_threads() < 1 or cols * inner < 1 << 16:  # tiny: nothing to gain, do not measure
-        return {"dtype": "fp32", "gflops": {}, "source": "small"}
-    key = f"screen:{1 << (inner - 1).bit_length()}x{1 << (cols - 1).bit_length()}"
+def _choice(key: str, rows: int, inner: int, cols: int) -> dict:
+    """The faster dtype for ``[rows, inner] @ [inner, cols]``, cached under ``key``."""
     entries = _load()
     if key in entries:
         return dict(entries[key], source="cache")
@@ -133,6 +123,41 @@ def screen_choice(inner: int, cols: int, rows: int) -> dict:
     entries[key] = choice
     _save(entries)
     return dict(choice, source="measured")
+
+
+def screen_choice(inner: int, cols: int, rows: int) -> dict:
+    """The screening dtype for ``[rows, inner] @ [inner, cols]`` chunks: {'dtype': 'fp32'|'bf16',
+    'gflops': {dtype: measured GFLOP/s}, 'source': 'measured'|'cache'|'env'|'small'}.
+
+    Measured once per machine and shape class (inner, cols rounded up to powers of two), then cached."""
+    env = os.environ.get(ENV_DTYPE)
+    if env:
+        if env not in DTYPES:
+            raise TuneError(f"{ENV_DTYPE}={env!r}: expected one of {', '.join(DTYPES)}")
+        return {"dtype": env, "gflops": {}, "source": "env"}
+    if cols * inner < 1 << 16:  # tiny: nothing to gain, do not measure
+        return {"dtype": "fp32", "gflops": {}, "source": "small"}
+    return _choice(f"screen:{_pow2(inner)}x{_pow2(cols)}", rows, inner, cols)
+
+
+def forward_choice(d_model: int, d_mlp: int) -> dict:
+    """Which dtype runs a forward's MLP matmul ``[512, d_model] @ [d_model, d_mlp]`` faster here (cached);
+    what the CLI checks before running a model in bfloat16 on a CPU (see :func:`bf16_warning`)."""
+    return _choice(f"forward:{_pow2(d_model)}x{_pow2(d_mlp)}", 512, d_model, d_mlp)
+
+
+def bf16_warning(d_model: int, d_mlp: int) -> str | None:
+    """A warning when bfloat16 matmuls are slower than float32 on this CPU (bf16 emulated), else None."""
+    c = forward_choice(d_model, d_mlp)
+    g = c["gflops"]
+    if c["dtype"] == "bf16" or not g:
+        return None
+    return (f"warning: bfloat16 is slower than float32 on this CPU ({g.get('bf16', 0):.1f} vs "
+            f"{g.get('fp32', 0):.1f} GFLOP/s measured; no AVX-512 BF16 / AMX): --dtype fp32 will be faster")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def screen_dtype(inner: int, cols: int, rows: int) -> torch.dtype:
