@@ -32,6 +32,9 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
+    from machine import header
+
+    header()
     torch.manual_seed(0)
     cfg = GPTNeoConfig(vocab_size=50257, hidden_size=1024, num_layers=1, num_heads=16,
                        attention_types=[[["global"], 1]], window_size=256, intermediate_size=None)

@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     a = ap.parse_args()
+    from machine import header
+
+    header()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

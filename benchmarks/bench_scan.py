@@ -96,6 +96,18 @@ def tl_anchor(model, s):
     return step
 
 
+def forward_flops(cfg, lengths) -> float:
+    """Matmul FLOPs of the forward to the last MLP's activations for sequences of these real lengths:
+    per token and layer Q, K, V, O (8 d^2) and the MLP in (2 d m, gated 4 d m) and out (2 d m), plus
+    attention at the real length (QK and pattern @ V: 4 d per visible key, causal: L(L+1)/2 pairs); the last
+    layer's MLP out and the unembedding are not computed by a scan to the last tap, so not counted."""
+    d, m, L = cfg.d_model, cfg.d_mlp, cfg.n_layers
+    n = float(lengths.sum())
+    pairs = float((lengths * (lengths + 1) / 2).sum())
+    mlp_in = (4 if cfg.gated_mlp else 2) * d * m
+    return L * (8 * d * d * n + mlp_in * n + 4 * d * pairs) + (L - 1) * 2 * d * m * n
+
+
 def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> dict:
     """Per batch: bare forward (taps) timed apart from the scan's bookkeeping; on the first tl_batches
     batches, TransformerLens + naive top-k on the same batch right after (load drift hits both alike)."""
@@ -112,6 +124,7 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
     state = ScanState.fresh(cfg, s, "cpu")
     tl_step = tl_anchor(model, s) if tl_batches else None
     fwd, upd, ntok, tl_s, tl_tok = [], [], [], 0.0, 0
+    flops = 0.0
     model.run(tensors(batches[0])[0][:1, :16], taps)  # warm up kernels (torch's, and the scan's compiled ones)
     kernels.warm()
     n_tl = min(tl_batches, len(batches))
@@ -128,12 +141,16 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
         t2 = time.perf_counter()
         fwd.append(t1 - t0)
         upd.append(t2 - t1)
+        flops += forward_flops(cfg, mask.sum(1))
         ntok.append(len(ctx.rows))
         del out
         if bi < n_tl:
             t3 = time.perf_counter()
             tl_tok += tl_step(g)
             tl_s += time.perf_counter() - t3
+    from circuitbook.tune import matmul_rates
+
+    bound = matmul_rates(2048, cfg.d_model, cfg.d_mlp)["fp32"] * 1e9  # FLOP/s of a big float32 matmul, here
     h = len(batches) // 2
     # the same first batches for both (the scan's include its cold start: empty top-k, first levels)
     scan_first = sum(ntok[:n_tl]) / (sum(fwd[:n_tl]) + sum(upd[:n_tl])) if n_tl else 0.0
@@ -141,7 +158,8 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
             "fwd_s": sum(fwd), "update_s": sum(upd), "overhead_all": sum(upd) / sum(fwd),
             "overhead_2nd_half": sum(upd[h:]) / sum(fwd[h:]),
             "overhead_median_batch": sorted(u / f for u, f in zip(upd, fwd))[len(upd) // 2],
-            "bare_tok_s": sum(ntok) / sum(fwd), "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
+            "bare_tok_s": sum(ntok) / sum(fwd), "bound_flop_s": bound,
+            "bound_fraction": flops / sum(fwd) / bound, "flops_per_token": flops / sum(ntok), "scan_tok_s": sum(ntok) / (sum(fwd) + sum(upd)),
             "scan_tok_s_2nd_half": sum(ntok[h:]) / (sum(fwd[h:]) + sum(upd[h:])),
             "tl_batches": n_tl, "tl_tok_s": tl_tok / tl_s if n_tl else 0.0, "scan_tok_s_tl_batches": scan_first,
             "speedup_vs_tl": scan_first / (tl_tok / tl_s) if n_tl else 0.0}
@@ -213,12 +231,16 @@ def main() -> None:
     if a.part == "bare":
         print(json.dumps(part_bare(a.model, a.tokens, a.batch_size)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
+    from machine import header
+
+    header()
     rows = []
     for name, n in (("21M", a.tokens21), ("dev", a.tokens_dev)):
         r = child(["--part", "loop", "--model", name, "--tokens", str(n), "--tl-batches", str(a.tl_batches)])
         print(f"[{name}] {r['tokens']:,} tokens in {r['batches']} batches of {r['batch_size']} stories: "
-              f"bare forward {r['bare_tok_s']:,.0f} tok/s, scan {r['scan_tok_s']:,.0f} tok/s -> bookkeeping overhead "
+              f"bare forward {r['bare_tok_s']:,.0f} tok/s = {r['bound_fraction']:.2f} of this machine's float32 "
+              f"matmul bound for its FLOPs ({r['flops_per_token'] / 1e6:.1f} MFLOP/token at "
+              f"{r['bound_flop_s'] / 1e9:.1f} GFLOP/s, attention at the real lengths), scan {r['scan_tok_s']:,.0f} tok/s -> bookkeeping overhead "
               f"{100 * r['overhead_all']:.1f}% (2nd half {100 * r['overhead_2nd_half']:.1f}%, median batch "
               f"{100 * r['overhead_median_batch']:.1f}%; target <= 15%); "
               f"on the first {r['tl_batches']} batches TransformerLens run_with_cache + naive per-neuron top-k "

@@ -112,6 +112,9 @@ def main():
     ap.add_argument("--graphs", type=int, default=5, help="64-token prompts timed (default 5)")
     ap.add_argument("--export", type=int, default=200, help="neuron pages written by the static export (default 200)")
     a = ap.parse_args()
+    from machine import header
+
+    header()
 
     tmp = tempfile.TemporaryDirectory()
     path = Path(a.book) if a.book else Path(tmp.name) / "book.db"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# circuitbook.tune caches its measured kernel choices per machine: the suite keeps its own, not the user's
+os.environ.setdefault("CIRCUITBOOK_CACHE_DIR", tempfile.mkdtemp(prefix="circuitbook-test-cache-"))
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 

@@ -17,7 +17,7 @@ DOC = ROOT / "docs" / "architecture.md"
 # Data flows one way: a stage imports only stages to its left, plus book/ (storage) and the shared leaves.
 RANK = {"model": 1, "corpus": 1, "scan": 2, "circuits": 3, "roles": 4, "book": 5, "graph": 6, "handcraft": 6,
         "web": 7, "demo": 8, "cli": 9}
-LEAVES = {"errors", "units", "progress"}
+LEAVES = {"errors", "units", "progress", "tune"}
 
 
 def _imports(path: Path) -> set[str]:

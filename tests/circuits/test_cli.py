@@ -27,3 +27,18 @@ def test_cli_bad_input(ts656k_dir, tmp_path, capsys):
         assert msg in capsys.readouterr().err
     assert main(["circuits", str(tmp_path / "no-model"), "--book", db]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_verbose_prints_and_stores_the_kernel_choices(demo, tmp_path, capsys):
+    d = demo.write(tmp_path / "demo")
+    db = tmp_path / "b.db"
+    assert main(["circuits", str(d), "--book", str(db), "--k", "3", "--k-rows", "2", "--pairs", "10",
+                 "--no-progress", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "screening matmul:" in out and "cpu:" in out and "seconds per task:" in out and "head" in out
+    run = Book.open(db).runs("circuits")[-1]
+    import json
+
+    tuned = json.loads(run["settings"])["tuning"]
+    assert tuned["screen"]["dtype"] in ("fp32", "bf16") and tuned["cpu"]
+    assert json.loads(run["summary"])["task_seconds"]["head"] >= 0

@@ -1,5 +1,6 @@
 """Chunked top-k against dense torch.topk on the full matrix."""
 
+import pytest
 import torch
 
 from circuitbook.circuits.screened_topk import chunked_tops, factored_circuit_tops, factored_row_fn
@@ -48,7 +49,8 @@ def test_factored_circuit_tops_and_progress():
     assert ct.top_pairs.as_list()[0][2] == float((A @ B).max())
 
 
-def test_bf16_screening_is_exact_including_fallback_rows():
+@pytest.mark.parametrize("screen", [torch.bfloat16, torch.float32])
+def test_bf16_screening_is_exact_including_fallback_rows(screen):
     from circuitbook.circuits.screened_topk import fast_factored_tops
 
     g = torch.Generator().manual_seed(1)
@@ -56,9 +58,44 @@ def test_bf16_screening_is_exact_including_fallback_rows():
     M = A @ B
     for margin in (16, 0):  # margin 0: most rows cannot be certified and are recomputed in float32
         st = {}
-        t = fast_factored_tops(A, B, k=4, n_pairs=25, bottom_pairs=True, margin=margin, max_elems=7000, stats=st)
+        t = fast_factored_tops(A, B, k=4, n_pairs=25, bottom_pairs=True, margin=margin, max_elems=7000, stats=st,
+                               screen=screen)
         assert torch.equal(t.top.ids, M.topk(4, dim=-1).indices)
         torch.testing.assert_close(t.top.vals, M.topk(4, dim=-1).values)
         for pairs, largest in ((t.top_pairs, True), (t.bottom_pairs, False)):
             assert torch.equal(pairs.rows * 700 + pairs.cols, M.flatten().topk(25, largest=largest).indices)
         assert (st["fallback_rows"] > 100) == (margin == 0)
+        assert st["screen"] == str(screen).removeprefix("torch.")
+
+
+def test_screen_bound_holds_and_float32_is_much_tighter():
+    from circuitbook.circuits.basis import CircuitError
+    from circuitbook.circuits.screened_topk import screen_bound
+
+    g = torch.Generator().manual_seed(2)
+    A, B = torch.randn(200, 64, generator=g), torch.randn(64, 500, generator=g)
+    exact = A.double() @ B.double()
+    for screen in (torch.bfloat16, torch.float32):
+        d = screen_bound(A, B, screen)
+        err = ((A.to(screen) @ B.to(screen)).double() - exact).abs().amax(1)
+        assert (err <= d.double()).all()
+    assert (screen_bound(A, B, torch.float32) * 1000 < screen_bound(A, B, torch.bfloat16)).all()
+    with pytest.raises(CircuitError, match="float16"):
+        screen_bound(A, B, torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_extremes_kernel_matches_dense(dtype):
+    from circuitbook.circuits.screened_topk import row_extremes
+
+    g = torch.Generator().manual_seed(3)
+    M = (torch.randn(57, 301, generator=g) * 10).to(dtype)
+    F = M.float()
+    (tv, ti), (bv, bi), mx, mn, nr = row_extremes(M, 7, 5)
+    assert torch.equal(tv, F.topk(7, dim=-1).values) and torch.equal(F.gather(1, ti), tv)
+    assert torch.equal(bv, F.topk(5, dim=-1, largest=False).values) and torch.equal(F.gather(1, bi), bv)
+    assert torch.equal(mx, F.amax(-1)) and torch.equal(mn, F.amin(-1))
+    torch.testing.assert_close(nr, F.norm(dim=-1))
+    if dtype == torch.float32:  # no ties: the very columns of a dense sort
+        assert torch.equal(ti, F.topk(7, dim=-1).indices) and torch.equal(bi, F.topk(5, -1, largest=False).indices)
+    assert row_extremes(M, 0, 0)[0][0].shape == (57, 0)

@@ -48,7 +48,8 @@ class CircuitsSettings:
 
 @dataclasses.dataclass
 class CircuitsSummary:
-    """What a run did: tasks computed / skipped (already in the book), seconds, and headline findings."""
+    """What a run did: tasks computed / skipped (already in the book), seconds (task_seconds: per task name,
+    summed over its units, computed this run), and headline findings."""
 
     computed: int
     skipped: int
@@ -60,6 +61,7 @@ class CircuitsSummary:
     copying: list[tuple[int, int, float]]
     composition: dict[str, list[tuple[int, int, int, int, float]]]
     notes: list[str]
+    task_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Human-readable report (what the CLI and the demo print)."""
@@ -103,14 +105,36 @@ def _plan(cfg, s: CircuitsSettings, has_corpus: bool) -> list[_Unit]:
     return [_Unit(t, a, t.done_mark(a)) for t in registered_tasks() for a in t.units(cfg, s, has_corpus)]
 
 
+def tuning(cfg) -> dict:
+    """The kernel choices this machine makes for ``cfg``'s circuits (:mod:`circuitbook.tune`: measured once
+    per machine and cached): the screening dtype of the d_vocab x d_vocab OV / QK circuits with its measured
+    GFLOP/s, and the CPU. Stored in the run's settings (``runs`` table); results do not depend on it."""
+    from ..tune import cpu_info, screen_choice
+
+    rows = max(1, (1 << 24) // max(1, cfg.d_vocab))
+    c = cpu_info()
+    return {"screen": screen_choice(cfg.d_head, cfg.d_vocab, rows), "cpu": c["model"], "flags": c["flags"],
+            "threads": torch.get_num_threads()}
+
+
+def tuning_lines(t: dict) -> list[str]:
+    """Human-readable lines for :func:`tuning` (``circuitbook circuits -v``)."""
+    s = t["screen"]
+    rates = ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in s.get("gflops", {}).items()) or "not measured"
+    return [f"cpu: {t['cpu']} ({' '.join(t['flags']) or 'no AVX2/AVX-512 flags'}), {t['threads']} threads",
+            f"screening matmul: {s['dtype']} ({s['source']}; {rates})"]
+
+
 def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None = None,
                  settings: CircuitsSettings | None = None, progress: bool = True, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None) -> CircuitsSummary:
+                 echo: Callable[[str], None] | None = None, verbose: bool = False) -> CircuitsSummary:
     """Compute and store every circuit analysis of ``model`` in ``book`` (resuming if interrupted).
 
     stories: a corpus path or list of story strings, used to measure typical norm scales (so effects come in
     logit units) and the direct-path loss; without it scales are 1 and the loss is skipped.
     overwrite: rebind the book to this model even if it describes another one.
+    verbose: also echo the kernel choices (:func:`tuning`) and each task's seconds. The choices are stored
+    in the run's settings either way, and ``CircuitsSummary.task_seconds`` has the per-task times.
     """
     t0 = time.time()
     s = settings or CircuitsSettings()
@@ -132,7 +156,11 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
     if cfg.n_layers == 1:
         notes.append("one layer: no composition, no virtual heads, no induction circuit possible")
 
-    run_id = book.start_run("circuits", want)
+    tuned = tuning(cfg)
+    if verbose and echo is not None:
+        for line in tuning_lines(tuned):
+            echo(line)
+    run_id = book.start_run("circuits", dict(want, tuning=tuned))
     bar = None
     if progress:
         from ..progress import progress as progress_bar
@@ -140,6 +168,7 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
         bar = progress_bar(total=len(units), desc="circuits", unit="task")
     computed = skipped = 0
     ctx = TaskContext(model, book, s, stories)
+    seconds: dict[str, float] = {}
     try:
         for unit in units:
             if bar is not None:
@@ -149,7 +178,9 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
                 if bar is not None:
                     bar.update(1)
                 continue
+            t = time.perf_counter()
             _run_task(unit, ctx)
+            seconds[unit.task.name] = seconds.get(unit.task.name, 0.0) + time.perf_counter() - t
             computed += 1
             if bar is not None:
                 bar.update(1)
@@ -162,10 +193,14 @@ def run_circuits(model, book: Book, stories: str | Path | Iterable[str] | None =
         if bar is not None:
             bar.close()
     summ = _summarize(book, computed, skipped, time.time() - t0, notes)
-    book.finish_run(run_id, {"computed": computed, "skipped": skipped, "seconds": summ.seconds})
+    summ.task_seconds = {k: round(v, 3) for k, v in seconds.items()}
+    book.finish_run(run_id, {"computed": computed, "skipped": skipped, "seconds": summ.seconds,
+                             "task_seconds": summ.task_seconds})
     if echo is not None:
         for line in summ.lines():
             echo(line)
+        if verbose:
+            echo("  seconds per task: " + (", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) or "-"))
     return summ
 
 

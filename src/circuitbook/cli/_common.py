@@ -24,7 +24,16 @@ def load(args, model_attr: str = "model"):
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CircuitbookError(f"--device {args.device} asked for but no CUDA device is available")
-    return load_model(getattr(args, model_attr), dtype=DTYPES[args.dtype], device=args.device)
+    model = load_model(getattr(args, model_attr), dtype=DTYPES[args.dtype], device=args.device)
+    if DTYPES[args.dtype] == torch.bfloat16 and args.device == "cpu":
+        import sys
+
+        from ..tune import bf16_warning
+
+        msg = bf16_warning(model.cfg.d_model, model.cfg.d_mlp)
+        if msg:
+            print(msg, file=sys.stderr)
+    return model
 
 
 def add_encoding_arg(p) -> None:

@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--virtual", type=int, default=8, help="virtual heads (strongest V-composition) to analyse")
     p.add_argument("--overwrite", action="store_true", help="rebind a book that describes another model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the kernel choices measured on this CPU "
+                                                                   "(screening dtype, GFLOP/s) and seconds per task")
     add_encoding_arg(p)
     p.set_defaults(func=run, writes=("book",))
 
@@ -44,5 +46,6 @@ def run(args) -> int:
     book = Book.open(args.book)
     s = CircuitsSettings(k=args.k, k_rows=args.k_rows, n_pairs=args.pairs, n_virtual=args.virtual,
                          max_stories=args.stories)
-    run_circuits(model, book, args.corpus, s, progress=not args.no_progress, overwrite=args.overwrite, echo=print)
+    run_circuits(model, book, args.corpus, s, progress=not args.no_progress, overwrite=args.overwrite, echo=print,
+                 verbose=args.verbose)
     return 0
