@@ -453,10 +453,16 @@ class Book:
         if cfg is None:
             return None
         ctx = dict(cfg)
+        have = self._migrated()
         for comp in _COMPONENTS.values():
-            if comp.unit_context is not None:
+            if comp.unit_context is not None and comp.name in have:
                 ctx.update(comp.unit_context(self))
         return ctx
+
+    def _migrated(self) -> set[str]:
+        """Components whose tables this book has (a book opened read-only may predate a component)."""
+        return {n for n, v in self.schema_versions().items() if v} | {
+            n for n, c in _COMPONENTS.items() if not c.migrations}
     # ------------------------------------------------------------------ file upkeep
     def vacuum(self) -> None:
         """Rewrite the file without its free pages (after a large table or blob was dropped)."""
@@ -516,8 +522,9 @@ class Book:
     def unit(self, kind: str, layer: int, idx: int) -> Unit:
         self._check_unit(kind, layer, idx)
         u = Unit(kind, layer, idx, *self.unit_label(kind, layer, idx), token_strs=self.token_strs() or None)
+        have = self._migrated()
         for name, comp in _COMPONENTS.items():
-            if comp.read_unit is not None:
+            if comp.read_unit is not None and name in have:
                 sec = comp.read_unit(self, kind, layer, idx)
                 if sec is not None:
                     u.sections[name] = sec
