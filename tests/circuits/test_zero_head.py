@@ -59,6 +59,6 @@ def test_circuits_run_on_a_model_with_a_zero_head(gpt2_2l, tmp_path):
     s = CircuitsSettings(k=3, k_rows=2, n_pairs=5, n_virtual=2, n_trigrams=5, detector_seqs=4, detector_len=8)
     summ = run_circuits(z, book, None, s, progress=False)
     assert summ.computed > 0
-    comp = bc.composition(book, "V")
+    comp = bc.stored_composition(book, "V")
     assert comp is not None and bool((comp[0, 3] == 0).all()) and bool((comp[:, :, 0, :] == 0).all())
     assert any("composition" in line for line in summ.lines())

@@ -352,7 +352,7 @@ def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys):
             continue
         assert rc == 0 and "Traceback" not in err, (argv[0], err[-2000:])
     b = Book.open(book, create=False, readonly=True)
-    v = bc.composition(b, "V")
+    v = bc.stored_composition(b, "V")
     assert v is not None and bool(torch.isfinite(torch.as_tensor(v)).all())
     if kind == "zero head":
         assert float(abs(torch.as_tensor(v)[0, 1]).max()) == 0.0 and float(abs(torch.as_tensor(v)[:, :, 1]).max()) == 0.0

@@ -29,7 +29,7 @@ D_MLP, SCALE, GAIN = 16, 8.0, 4.0
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
-    from ..model.forward import _act
+    from ..model.maths import activation as _act
 
     return _act(x, "gelu_new")
 
