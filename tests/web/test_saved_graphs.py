@@ -81,7 +81,17 @@ def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
         browser.find_element(By.ID, "hyp-threshold").send_keys("0.25")
         browser.find_element(By.ID, "add-hypothesis").click()
         browser.find_element(By.CSS_SELECTOR, ".run-test").click()
-        verdict = browser.find_element(By.CSS_SELECTOR, ".hypothesis .status").text
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def verdict_of(driver):  # the test's POST reloads the page: read the status once the new page is up
+            try:
+                text = driver.find_element(By.CSS_SELECTOR, ".hypothesis .status").text
+            except StaleElementReferenceException:
+                return False
+            return text if text in ("supported", "refuted") else False
+
+        verdict = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,)).until(verdict_of)
         assert verdict in ("supported", "refuted")
         browser.refresh()
         assert browser.find_element(By.CSS_SELECTOR, ".experiment").text.startswith(verdict)
