@@ -115,6 +115,15 @@ def _looks_binary(path: Path, codec: str) -> str | None:
     return None
 
 
+def _text_file(source: str | Path, encoding: str | None) -> tuple[Path, str, str]:
+    """(path, encoding name, codec) of a local corpus file; CorpusError if it is not a file."""
+    path = Path(source)
+    if not path.is_file():
+        raise CorpusError(f"corpus {path} does not exist or is not a file")
+    enc = encoding or ENCODING.get()
+    return path, enc, _codec(enc)
+
+
 def check_corpus(source: str | Path, fmt: str | None = None, encoding: str | None = None, min_stories: int = 1) -> None:
     """Refuse a corpus that cannot be read as text stories, before anything is created (see module doc).
 
@@ -124,11 +133,7 @@ def check_corpus(source: str | Path, fmt: str | None = None, encoding: str | Non
         if len(src) <= 3:
             raise CorpusError(f"corpus {src!r}: expected hf:NAME[:SPLIT[:FIELD]]")
         return
-    path = Path(source)
-    if not path.is_file():
-        raise CorpusError(f"corpus {path} does not exist or is not a file")
-    enc = encoding or ENCODING.get()
-    codec = _codec(enc)
+    path, enc, codec = _text_file(source, encoding)
     why = _looks_binary(path, codec)
     if why is not None:
         raise CorpusError(f"corpus {path} is not text: {why}")
@@ -153,11 +158,7 @@ def read_stories(source: str | Path, fmt: str | None = None, encoding: str | Non
     if src.startswith("hf:"):
         yield from _hf_stories(src)
         return
-    path = Path(source)
-    if not path.is_file():
-        raise CorpusError(f"corpus {path} does not exist or is not a file")
-    enc = encoding or ENCODING.get()
-    codec = _codec(enc)
+    path, enc, codec = _text_file(source, encoding)
     try:
         yield from _read_file(path, fmt or _guess_format(path, enc), codec)
     except UnicodeDecodeError:
