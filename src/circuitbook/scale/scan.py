@@ -151,7 +151,15 @@ def _spec(model_spec: dict, corpus, encoding, s: ScanSettings, book: Path, i: in
     fields = {k: v for k, v in dataclasses.asdict(s).items() if k != "shard"}
     return {**model_spec, "corpus": str(corpus), "encoding": encoding, "settings": fields, "shard": [i, n],
             "book": str(shard_book(book, i, n)), "progress": str(shard_book(book, i, n)) + ".progress.json",
-            "threads": threads, "overwrite": overwrite}
+            "threads": threads, "overwrite": overwrite, "fingerprint_threads": _torch_threads()}
+
+
+def _torch_threads() -> int:
+    """The coordinator's torch thread count: the model fingerprint's float sums depend on it (model/load.py),
+    so every worker takes the fingerprint with this many threads, whatever its executor gave it."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _finish(book: Path, shards: int, executor: str, reused: int, ran: int, failures: list[str], t0: float,

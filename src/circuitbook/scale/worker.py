@@ -54,8 +54,11 @@ def run_shard(spec: dict) -> dict:
     i, n = spec["shard"]
     kill_at = _kill_after(i, spec["book"])
     model = load_model(spec["model"], dtype=DTYPES[spec["dtype"]], device=spec["device"])
-    # the fingerprint's float sums depend on torch's thread count: take it with the coordinator's default
-    # threads, before narrowing them, so shard books carry the fingerprint the coordinator checks against
+    # the fingerprint's float sums depend on torch's thread count: take it with the coordinator's thread count
+    # (an executor such as Ray may have started this process with one), so shard books carry the fingerprint
+    # the coordinator checks against
+    if spec.get("fingerprint_threads"):
+        torch.set_num_threads(int(spec["fingerprint_threads"]))
     fp = model.fingerprint()
     model.fingerprint = lambda: fp
     if spec.get("threads"):
