@@ -212,29 +212,124 @@ def shard_batches(stories: Iterable[str], tokenizer, s: ScanSettings, after: int
             yield j, group
 
 
+def _host_batches(batches, device):
+    """(batch index, group, (tokens, mask, story, window)) padded on the host; pinned when the scan runs on
+    CUDA, so the copies to the device can be asynchronous."""
+    pin = torch.device(device).type == "cuda"
+    for bi, group in batches:
+        tokens, mask = pad([ids for _, _, ids in group])
+        story = torch.tensor([g[0] for g in group])
+        window = torch.tensor([g[1] for g in group])
+        host = (tokens, mask, story, window)
+        yield bi, group, tuple(t.pin_memory() for t in host) if pin else host
+
+
+class prefetch:
+    """Iterate ``items`` in a background thread, ``depth`` ahead: the tokenizer and the padding (the scan's
+    corpus side) run while the model works on the previous batch. Same items, same order; an exception in
+    the producer is raised in the consumer; ``close()`` stops the producer."""
+
+    _END = object()
+
+    def __init__(self, items, depth: int = 4):
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._items = items
+        self._thread = threading.Thread(target=self._produce, name="scan-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for x in self._items:
+                if not self._put((None, x)):
+                    return
+        except BaseException as e:  # handed to the consumer
+            self._put((e, None))
+            return
+        self._put((None, self._END))
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        err, x = self._q.get()
+        if err is not None:
+            raise err
+        if x is self._END:
+            raise StopIteration
+        return x
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 # ------------------------------------------------------------------ the scan
+def resolve_settings(model, settings: ScanSettings | None = None, **overrides) -> ScanSettings:
+    """The settings a scan of ``model`` runs with: ``overrides`` applied, max_len resolved, checked."""
+    s = dataclasses.replace(settings or ScanSettings(), **overrides)
+    s.shard = tuple(s.shard)
+    if s.max_len is None:
+        s.max_len = min(512, model.cfg.n_ctx)
+    s.check(model.cfg.n_ctx)
+    return s
+
+
+def _identity(model, chash: str, s: ScanSettings) -> dict:
+    return {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
+            "dtype": str(model.weights.W_E.dtype), **s.identity()}
+
+
+def scan_identity(model, corpus, settings: ScanSettings) -> dict:
+    """The identity a scan of ``corpus`` with ``model`` and (resolved) ``settings`` records in its book:
+    what a resume or a merge must match (scale/ checks shard books against it before running anything)."""
+    return _identity(model, _stories(corpus)[1], settings)
+
+
+def held_identity(book_path: str | Path) -> tuple[dict, bool] | None:
+    """(identity, complete) of the scan a book holds, or None (no book, or no scan in it)."""
+    if not Path(book_path).exists():
+        return None
+    b = Book.open(book_path, create=False, readonly=True)
+    try:
+        row = store.load_state_row(b)
+    finally:
+        b.close()
+    return None if row is None else (row[0], bool(row[3]))
+
+
 def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings | None = None, *,
                 overwrite: bool = False, keep_state: bool | None = None, progress: bool = True,
-                **overrides) -> ScanSummary:
+                on_batch=None, **overrides) -> ScanSummary:
     """Scan ``corpus`` (a path, ``hf:NAME``, or a list of story strings) with ``model`` into ``book``.
 
     ``overrides`` set ScanSettings fields (``scan_corpus(m, path, book, k=16, max_tokens=10_000)``).
     ``keep_state``: keep the resumable state in the book after the scan finished (needed to merge;
     default: only for shards). Raises ScanError / BookError for a book holding another model's or
-    corpus's scan (unless ``overwrite``) and for an empty corpus."""
-    s = dataclasses.replace(settings or ScanSettings(), **overrides)
-    s.shard = tuple(s.shard)
+    corpus's scan (unless ``overwrite``) and for an empty corpus. ``on_batch(progress, new_tokens, seconds)``
+    is called after every batch (scale/ uses it to report a shard's progress and for its fault injection)."""
+    s = resolve_settings(model, settings, **overrides)
     cfg = model.cfg
-    if s.max_len is None:
-        s.max_len = min(512, cfg.n_ctx)
-    s.check(cfg.n_ctx)
     if model.tokenizer is None or model.tokenizer.bos_id is None:
         raise ScanError("the scan needs the model's tokenizer with a BOS / story separator token "
                         "(every sequence starts with it and position 0 is left out of the statistics)")
     get_stories, chash, desc = _stories(corpus)  # a missing corpus fails before the book is created
     book = book if isinstance(book, Book) else Book.open(book)
-    identity = {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
-                "dtype": str(model.weights.W_E.dtype), **s.identity()}
+    identity = _identity(model, chash, s)
     if keep_state is None:
         keep_state = s.shard[1] > 1
     device = model.weights.W_E.device
@@ -281,13 +376,13 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
     t0 = time.time()
     new_tokens, since = 0, 0
     ckpt_end, ckpt_cost = t0, 0.0
+    feed = prefetch(_host_batches(shard_batches(get_stories(), model.tokenizer, s, after=prog["batch"]), device))
     try:
-        for bi, group in shard_batches(get_stories(), model.tokenizer, s, after=prog["batch"]):
-            tokens, mask = pad([ids for _, _, ids in group])
-            story = torch.tensor([g[0] for g in group])
-            window = torch.tensor([g[1] for g in group])
-            ctx = BatchContext.build(tokens.to(device), mask.to(device), story.to(device), window.to(device),
-                                     s.max_len, s.before, s.after)
+        for bi, group, (tokens, mask, story, window) in feed:
+            nb = device.type == "cuda"  # pinned host memory: the copies overlap the previous batch's work
+            tokens, mask = tokens.to(device, non_blocking=nb), mask.to(device, non_blocking=nb)
+            ctx = BatchContext.build(tokens, mask, story.to(device, non_blocking=nb),
+                                     window.to(device, non_blocking=nb), s.max_len, s.before, s.after)
             out = model.run(tokens, taps)
             for l in reversed(range(cfg.n_layers)):  # newest first: the last MLP output may still be in cache
                 state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
@@ -300,6 +395,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             prog["last"] = [group[-1][0], group[-1][1]]
             new_tokens += n_tok
             since += 1
+            if on_batch is not None:
+                on_batch(prog, new_tokens, time.time() - t0)
             if bar is not None:
                 el = max(time.time() - t0, 1e-9)
                 bar.update(group[-1][0] + 1 - bar.n)  # stories read so far (all shards read them all)
@@ -321,6 +418,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
         book.finish_run(run_id, {"tokens": prog["tokens"]}, status="interrupted")
         raise
     finally:
+        feed.close()
         if bar is not None:
             bar.close()
     if prog["tokens"] == 0:

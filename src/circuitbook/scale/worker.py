@@ -1,0 +1,102 @@
+"""One shard of a scaled-out scan, run wherever an executor puts it (a local process, a Ray task, a Slurm
+array job): load the model, scan stories' batches j mod n into the shard's own book, resumably.
+
+    python -m circuitbook.scale.worker SPEC.json      # what the local executor runs
+    run_shard(spec)                                   # what Ray and submitit call
+
+``spec`` (a JSON-able dict, see scale/scan.py ``shard_spec``): model, dtype, device, corpus, encoding,
+settings (ScanSettings fields), shard [i, n], book, progress (a small JSON file the worker rewrites at most
+every PROGRESS_S seconds: tokens done, tokens/s; the coordinator sums them), threads (torch threads).
+
+Fault injection for tests: ``CIRCUITBOOK_SCALE_KILL=I@B`` makes the worker of shard I SIGKILL itself after
+its B-th batch, once (a marker file ``<book>.killed`` next to the shard book records that it happened).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+PROGRESS_S = 0.5
+KILL_ENV = "CIRCUITBOOK_SCALE_KILL"
+
+
+def _kill_after(shard: int, book: str) -> int | None:
+    """The batch count after which this shard's worker kills itself (fault injection), or None."""
+    spec = os.environ.get(KILL_ENV, "")
+    if "@" not in spec:
+        return None
+    i, b = spec.split("@", 1)
+    if int(i) != shard or Path(book + ".killed").exists():
+        return None
+    return int(b)
+
+
+def write_progress(path: str | Path, info: dict) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def run_shard(spec: dict) -> dict:
+    """Scan one shard into its book; returns the ScanSummary as a dict. Raises on failure."""
+    import torch
+
+    from ..cli._common import DTYPES
+    from ..corpus import using_encoding
+    from ..model import load_model
+    from ..scan import ScanSettings, scan_corpus
+
+    i, n = spec["shard"]
+    kill_at = _kill_after(i, spec["book"])
+    model = load_model(spec["model"], dtype=DTYPES[spec["dtype"]], device=spec["device"])
+    # the fingerprint's float sums depend on torch's thread count: take it with the coordinator's thread count
+    # (an executor such as Ray may have started this process with one), so shard books carry the fingerprint
+    # the coordinator checks against
+    if spec.get("fingerprint_threads"):
+        torch.set_num_threads(int(spec["fingerprint_threads"]))
+    fp = model.fingerprint()
+    model.fingerprint = lambda: fp
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    settings = ScanSettings(**{**spec["settings"], "shard": (i, n)})
+    state = {"batches": 0, "written": 0.0}
+
+    def on_batch(prog: dict, new_tokens: int, seconds: float) -> None:
+        state["batches"] += 1
+        now = time.time()
+        if spec.get("progress") and now - state["written"] >= PROGRESS_S:
+            write_progress(spec["progress"], {"tokens": prog["tokens"], "new_tokens": new_tokens,
+                                              "seconds": seconds, "done": False})
+            state["written"] = now
+        if kill_at is not None and state["batches"] >= kill_at:
+            Path(spec["book"] + ".killed").write_text(f"killed after batch {state['batches']}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with using_encoding(spec.get("encoding")):
+        summary = scan_corpus(model, spec["corpus"], spec["book"], settings, keep_state=True, progress=False,
+                              overwrite=bool(spec.get("overwrite")),
+                              on_batch=on_batch)
+    out = {"tokens": summary.tokens, "new_tokens": summary.new_tokens, "seconds": summary.seconds,
+           "tokens_per_s": summary.tokens_per_s, "resumed": summary.resumed, "done": True}
+    if spec.get("progress"):
+        write_progress(spec["progress"], out)
+    from ..book.core import close_books
+
+    close_books(Path(spec["book"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    run_shard(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
