@@ -24,14 +24,13 @@ Query API: :func:`save_dictionary`, :func:`dictionaries`, :func:`get_dictionary`
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..units import UnitKind, register_unit_kind
-from .core import Book, BookError, Component, register_component
+from .core import Book, BookError, Component, finite, register_component
 
 MIGRATIONS = [
     """
@@ -70,8 +69,7 @@ _METRIC_COLS = ("n_tokens", "l0", "fvu", "dead_fraction", "dense_fraction", "ce_
                 "recovered_zero_error", "recovered_mean_error")
 
 
-def _num(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+_num = finite
 
 
 # --------------------------------------------------------------------------- dictionaries
@@ -95,7 +93,7 @@ def save_dictionary(book: Book, name: str, cfg: dict, settings: dict, weights: b
         c.execute("INSERT INTO dictionaries (number, name, kind, activation, layer, d_in, d_sae, k, settings, weights, "
                   "path, model_fingerprint, corpus, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (number, name, cfg["kind"], cfg["activation"], cfg["layer"], cfg["d_in"], cfg["d_sae"], cfg.get("k"),
-                   json.dumps(settings, sort_keys=True, default=str), weights, path, model_fingerprint, corpus,
+                   json.dumps(finite(settings), sort_keys=True, default=str), weights, path, model_fingerprint, corpus,
                    time.time()))
     return number
 
@@ -140,7 +138,7 @@ def save_metrics(book: Book, number: int, corpus: str, result: dict, density, hi
             f"INSERT INTO dictionary_metrics (number, corpus, {', '.join(_METRIC_COLS)}, result, density, created) "
             f"VALUES ({', '.join('?' * (len(_METRIC_COLS) + 5))})",
             (number, corpus, *[_num(result.get(k)) for k in _METRIC_COLS],
-             json.dumps(result, default=lambda v: None), dens.tobytes(), time.time()))
+             json.dumps(finite(result), default=lambda v: None), dens.tobytes(), time.time()))
         mid = cur.lastrowid
         c.executemany("INSERT INTO dictionary_density VALUES (?, ?, ?, ?, ?)",
                       [(mid, i, lo, hi, int(n)) for i, (lo, hi, n) in enumerate(hist)])
