@@ -3,7 +3,8 @@
 Each job (``circuits``, ``type``, ``handcraft``) runs as a real subprocess (``python -c KILLER``: the CLI with a
 hook on ``Book.transaction``) that SIGKILLs itself at a chosen point: inside the n-th write transaction
 (after its statements, before COMMIT: SQLite must discard it) or just after the n-th commit (while the next
-piece of work is being computed). Points are drawn with a seeded RNG over the uninterrupted run's
+piece of work is being computed); for dictionary training also inside / after the n-th checkpoint save
+(inside: a half-written temporary checkpoint is left behind). Points are drawn with a seeded RNG over the uninterrupted run's
 transactions. A chain of killed runs on the same book, then one run to the end, must leave every table
 (timestamps of runs aside) equal to the book of one uninterrupted run, and no lock file behind.
 """
@@ -42,12 +43,43 @@ def transaction(self):
         os.kill(os.getpid(), signal.SIGKILL)
 
 core.Book.transaction = transaction
+
+from circuitbook.dictionary import trainer  # dictionary training's checkpoints are kill points too
+orig_save = trainer._save
+
+def _save(path, *a):
+    count[0] += 1
+    with open(log, "w") as f:
+        f.write(str(count[0]))
+    if mode == "inside" and count[0] == n:  # half-written temporary checkpoint, then dead
+        with open(str(path) + ".tmp", "wb") as f:
+            f.write(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+    orig_save(path, *a)
+    if mode == "after" and count[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+trainer._save = _save
 from circuitbook.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 # columns that hold wall-clock times (the only thing allowed to differ between two runs)
-TIMES = {"runs": None, "handcraft_evals": {"created"}, "circuit_done": {"at"}}
+TIMES = {"runs": None, "handcraft_evals": {"created"}, "circuit_done": {"at"}, "dictionaries": {"created"},
+         "dictionary_metrics": {"created"}}
+# keys of JSON columns that hold wall-clock figures or how many processes a job took: dictionaries.settings'
+# "trained" summary records this process's seconds, tokens/s and the step it resumed from
+JSON_TIMES = {("dictionaries", "settings"): ("trained", ("seconds", "tokens_per_s", "resumed_from"))}
+
+
+def _strip(table: str, col: str, value):
+    if (table, col) not in JSON_TIMES or value is None:
+        return value
+    key, drop = JSON_TIMES[(table, col)]
+    d = json.loads(value)
+    for k in drop:
+        d.get(key, {}).pop(k, None)
+    return json.dumps(d, sort_keys=True)
 
 
 def dump(path: Path) -> dict:
@@ -57,7 +89,8 @@ def dump(path: Path) -> dict:
         if t in TIMES and TIMES[t] is None:
             continue
         cols = [r[1] for r in c.execute(f"PRAGMA table_info({t})") if r[1] not in (TIMES.get(t) or ())]
-        out[t] = sorted(tuple(r) for r in c.execute(f"SELECT {', '.join(cols)} FROM {t}"))
+        out[t] = sorted(tuple(_strip(t, col, v) for col, v in zip(cols, r))
+                        for r in c.execute(f"SELECT {', '.join(cols)} FROM {t}"))
     c.close()
     return out
 
@@ -122,3 +155,49 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_book(job, demo_dir,
         assert len(dump(book)["handcraft_evals"]) == 1
         for f in ("model.safetensors", "config.json"):
             assert (out / f).read_bytes() == (ref_out / f).read_bytes()
+
+
+DICT_TRAIN = lambda d, b: ["dictionary", "train", str(d), "--corpus", str(d / "stories.txt"), "--book", str(b),  # noqa: E731
+                           "--features", "64", "--k", "4", "--tokens", "1024", "--batch-size", "64",
+                           "--checkpoint-every", "2", "--holdout", "10", "--no-progress"]
+
+
+def test_dictionary_train_sigkill_at_random_points_then_resume_gives_the_same_book(demo_dir, tmp_path):
+    """Kill points: the book's transactions (open, bind, the one that stores dictionary + measurement) and
+    every checkpoint save (16 steps, one every 2); the logs of the last steps are in the checkpoint, so the
+    stored summary (FVU, L0) of a resumed run matches too."""
+    ref = tmp_path / "ref.db"
+    p, total = run(DICT_TRAIN(demo_dir, ref), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert total >= 8
+    book = tmp_path / "killed.db"
+    rng = random.Random("dictionary-kills")
+    kills = []
+    for reach in (0.4, 0.7, 1.0):
+        mode, n = rng.choice(["inside", "after"]), 1 + int(rng.random() * reach * total)
+        p, reached = run(DICT_TRAIN(demo_dir, book), tmp_path, mode, n)
+        kills.append((mode, n, p.returncode))
+        assert p.returncode in (0, -9), p.stderr[-2000:]
+        if p.returncode == 0:
+            break
+    assert sum(rc == -9 for *_, rc in kills) >= 2, kills
+    if kills[-1][2] == -9:
+        p, _ = run(DICT_TRAIN(demo_dir, book), tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+    print(f"dictionary train: {total} kill points uninterrupted; kills (mode, n, exit code): {kills}")
+    assert dump(book) == dump(ref), kills
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.lock")), list(tmp_path.iterdir())
+
+
+def test_dictionary_train_killed_after_storing_finishes_on_rerun(demo_dir, tmp_path):
+    """Killed just after the transaction that stores the dictionary (its checkpoint still on disk): the
+    re-run removes the checkpoint and stores nothing twice."""
+    ref = tmp_path / "ref.db"
+    p, total = run(DICT_TRAIN(demo_dir, ref), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    book = tmp_path / "killed.db"
+    p, _ = run(DICT_TRAIN(demo_dir, book), tmp_path, "after", total)  # the last kill point: the store
+    assert p.returncode == -9 and list(tmp_path.glob("killed.db.*.pt")), p.stderr[-2000:]
+    p, _ = run(DICT_TRAIN(demo_dir, book), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert dump(book) == dump(ref) and not list(tmp_path.glob("*.pt"))

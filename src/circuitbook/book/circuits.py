@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .core import Book, BookError, Component, register_component
+from .core import Book, BookError, Component, finite, register_component
 from .render import Ctx, bars_html, esc, fmt, pairs_html, value_html
 
 MIGRATIONS = [
@@ -135,7 +135,7 @@ def mark_done(conn: sqlite3.Connection, task: str) -> None:
 
 
 def set_summary(conn: sqlite3.Connection, name: str, value: Any) -> None:
-    conn.execute("INSERT OR REPLACE INTO circuit_summary VALUES (?, ?)", (name, json.dumps(value)))
+    conn.execute("INSERT OR REPLACE INTO circuit_summary VALUES (?, ?)", (name, json.dumps(finite(value))))
 
 
 def store_effects(conn: sqlite3.Connection, analysis: str, layer: int, via, top_ids, top_vals, bottom_ids,

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -74,6 +75,22 @@ CORE_MIGRATIONS = [
     """,
 ]
 STATUSES = ("none", "hypothesis", "supported", "refuted", "confirmed")
+
+
+def finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, +-inf; Python, NumPy or 0-d torch) replaced by None, recursively
+    through dicts, lists and tuples: what book writes store, so NaN never reaches a book (NULL / JSON null)."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(finite(v) for v in x) if isinstance(x, list) else tuple(finite(v) for v in x)
+    if isinstance(x, bool) or x is None or isinstance(x, (int, str, bytes)):
+        return x
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return x
+    return f if math.isfinite(f) else None
 
 
 class BookError(CircuitbookError, RuntimeError):
@@ -484,12 +501,12 @@ class Book:
     # ------------------------------------------------------------------ runs
     def start_run(self, stage: str, settings: dict) -> int:
         cur = self.conn.execute("INSERT INTO runs (stage, settings, started) VALUES (?, ?, ?)",
-                                (stage, json.dumps(settings, sort_keys=True), time.time()))
+                                (stage, json.dumps(finite(settings), sort_keys=True), time.time()))
         return cur.lastrowid
 
     def finish_run(self, run_id: int, summary: dict | None = None, status: str = "done") -> None:
         self.conn.execute("UPDATE runs SET finished = ?, status = ?, summary = ? WHERE id = ?",
-                          (time.time(), status, json.dumps(summary or {}), run_id))
+                          (time.time(), status, json.dumps(finite(summary or {})), run_id))
 
     def runs(self, stage: str | None = None) -> list[dict]:
         q = "SELECT * FROM runs" + (" WHERE stage = ?" if stage else "") + " ORDER BY id"

@@ -17,21 +17,20 @@ and ``book.unit("feature", n, i)`` work and check indices like any other kind. A
 (``circuitbook.dictionary.features``); the kind's ``tap`` names the hook its dictionary writes to for
 dictionary 0 and ``unit_axis`` -1 says the tap does not index features (resampling refuses it).
 
-Query API: :func:`save_dictionary`, :func:`dictionaries`, :func:`get_dictionary`, :func:`weights_blob`,
+Query API: :func:`save_dictionary`, :func:`save_measured_dictionary` (dictionary + measurement, one transaction), :func:`dictionaries`, :func:`get_dictionary`, :func:`weights_blob`,
 :func:`save_metrics`, :func:`metrics`, :func:`latest_metrics`, :func:`density_histogram`, :func:`feature_density`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..units import UnitKind, register_unit_kind
-from .core import Book, BookError, Component, register_component
+from .core import Book, BookError, Component, finite, register_component
 
 MIGRATIONS = [
     """
@@ -70,34 +69,49 @@ _METRIC_COLS = ("n_tokens", "l0", "fvu", "dead_fraction", "dense_fraction", "ce_
                 "recovered_zero_error", "recovered_mean_error")
 
 
-def _num(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+_num = finite
 
 
 # --------------------------------------------------------------------------- dictionaries
+def _insert_dictionary(book: Book, c, name: str, cfg: dict, settings: dict, weights, path, model_fingerprint,
+                       corpus, replace: bool) -> int:
+    if not name or "/" in name:
+        raise BookError(f"dictionary name {name!r}: give a non-empty name without '/'")
+    if weights is None and path is None:
+        raise BookError("a dictionary needs its weights or a path to them")
+    row = c.execute("SELECT number FROM dictionaries WHERE name = ?", (name,)).fetchone()
+    if row is not None and not replace:
+        raise BookError(f"{book.path} already has a dictionary named {name!r} (number {row[0]}); "
+                        f"choose another --name or --overwrite")
+    number = row[0] if row is not None else c.execute(
+        "SELECT coalesce(max(number) + 1, 0) FROM dictionaries").fetchone()[0]
+    c.execute("DELETE FROM dictionaries WHERE number = ?", (number,))
+    c.execute("INSERT INTO dictionaries (number, name, kind, activation, layer, d_in, d_sae, k, settings, weights, "
+              "path, model_fingerprint, corpus, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              (number, name, cfg["kind"], cfg["activation"], cfg["layer"], cfg["d_in"], cfg["d_sae"], cfg.get("k"),
+               json.dumps(finite(settings), sort_keys=True, default=str), weights, path, model_fingerprint, corpus,
+               time.time()))
+    return number
+
+
 def save_dictionary(book: Book, name: str, cfg: dict, settings: dict, weights: bytes | None = None,
                     path: str | None = None, model_fingerprint: str | None = None, corpus: str | None = None,
                     replace: bool = False) -> int:
     """Store a dictionary (``cfg``: DictionaryConfig.to_dict()); returns its number. A name already in the book
     is an error unless ``replace`` (which keeps the number, so labels of its features stay addressed)."""
-    if not name or "/" in name:
-        raise BookError(f"dictionary name {name!r}: give a non-empty name without '/'")
-    if weights is None and path is None:
-        raise BookError("a dictionary needs its weights or a path to them")
     with book.transaction() as c:
-        row = c.execute("SELECT number FROM dictionaries WHERE name = ?", (name,)).fetchone()
-        if row is not None and not replace:
-            raise BookError(f"{book.path} already has a dictionary named {name!r} (number {row[0]}); "
-                            f"choose another --name or --overwrite")
-        number = row[0] if row is not None else c.execute(
-            "SELECT coalesce(max(number) + 1, 0) FROM dictionaries").fetchone()[0]
-        c.execute("DELETE FROM dictionaries WHERE number = ?", (number,))
-        c.execute("INSERT INTO dictionaries (number, name, kind, activation, layer, d_in, d_sae, k, settings, weights, "
-                  "path, model_fingerprint, corpus, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  (number, name, cfg["kind"], cfg["activation"], cfg["layer"], cfg["d_in"], cfg["d_sae"], cfg.get("k"),
-                   json.dumps(settings, sort_keys=True, default=str), weights, path, model_fingerprint, corpus,
-                   time.time()))
-    return number
+        return _insert_dictionary(book, c, name, cfg, settings, weights, path, model_fingerprint, corpus, replace)
+
+
+def save_measured_dictionary(book: Book, name: str, cfg: dict, settings: dict, weights: bytes, measurement: tuple,
+                             model_fingerprint: str | None = None, corpus: str | None = None,
+                             replace: bool = False) -> tuple[int, int]:
+    """Store a dictionary and its first measurement (``measurement``: the (corpus, result, density, hist) of
+    :func:`save_metrics`) in ONE transaction, so a kill between the two cannot leave a dictionary without
+    its measurement; returns (number, metrics id)."""
+    with book.transaction() as c:
+        number = _insert_dictionary(book, c, name, cfg, settings, weights, None, model_fingerprint, corpus, replace)
+        return number, _insert_metrics(c, number, *measurement)
 
 
 def _row(r) -> dict:
@@ -131,20 +145,24 @@ def weights_blob(book: Book, number: int) -> bytes | None:
 
 
 # --------------------------------------------------------------------------- measurements
+def _insert_metrics(c, number: int, corpus: str, result: dict, density, hist) -> int:
+    dens = np.asarray(density, dtype=np.float64)
+    cur = c.execute(
+        f"INSERT INTO dictionary_metrics (number, corpus, {', '.join(_METRIC_COLS)}, result, density, created) "
+        f"VALUES ({', '.join('?' * (len(_METRIC_COLS) + 5))})",
+        (number, corpus, *[_num(result.get(k)) for k in _METRIC_COLS],
+         json.dumps(finite(result), default=lambda v: None), dens.tobytes(), time.time()))
+    mid = cur.lastrowid
+    c.executemany("INSERT INTO dictionary_density VALUES (?, ?, ?, ?, ?)",
+                  [(mid, i, lo, hi, int(n)) for i, (lo, hi, n) in enumerate(hist)])
+    return mid
+
+
 def save_metrics(book: Book, number: int, corpus: str, result: dict, density, hist: list[tuple[float, float, int]]) -> int:
     """Store one measurement (``result``: SpliceResult.to_dict(); ``density``: per-feature densities)."""
     get_dictionary(book, number)
-    dens = np.asarray(density, dtype=np.float64)
     with book.transaction() as c:
-        cur = c.execute(
-            f"INSERT INTO dictionary_metrics (number, corpus, {', '.join(_METRIC_COLS)}, result, density, created) "
-            f"VALUES ({', '.join('?' * (len(_METRIC_COLS) + 5))})",
-            (number, corpus, *[_num(result.get(k)) for k in _METRIC_COLS],
-             json.dumps(result, default=lambda v: None), dens.tobytes(), time.time()))
-        mid = cur.lastrowid
-        c.executemany("INSERT INTO dictionary_density VALUES (?, ?, ?, ?, ?)",
-                      [(mid, i, lo, hi, int(n)) for i, (lo, hi, n) in enumerate(hist)])
-    return mid
+        return _insert_metrics(c, number, corpus, result, density, hist)
 
 
 def metrics(book: Book, number: int) -> list[dict]:

@@ -25,7 +25,7 @@ import json
 import time
 from typing import Any, Iterable
 
-from .core import Book, BookError, Component, register_component
+from .core import Book, BookError, Component, finite, register_component
 
 MIGRATIONS = [
     """
@@ -71,7 +71,7 @@ def add_explanations(book: Book, rows: Iterable[tuple], at: float | None = None)
             cur = c.execute("INSERT INTO explanations (kind, layer, idx, author, sentence, program, provenance, at) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (kind, int(layer), int(idx), author, sentence,
-                             None if program is None else json.dumps(program), json.dumps(prov or {}), at))
+                             None if program is None else json.dumps(finite(program)), json.dumps(finite(prov or {})), at))
             ids.append(cur.lastrowid)
     return ids
 
@@ -118,8 +118,8 @@ def save_scores(book: Book, run_id: int | None, rows: Iterable[dict]) -> None:
     with book.transaction() as c:
         c.executemany("INSERT INTO explanation_scores (explanation_id, run_id, simulation, detection, ablation, carry, "
                       "n_windows, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      [(r["explanation_id"], run_id, r.get("simulation"), r.get("detection"), r.get("ablation"),
-                        r.get("carry"), r.get("n_windows"), at) for r in rows])
+                      [(r["explanation_id"], run_id, *finite([r.get("simulation"), r.get("detection"), r.get("ablation"),
+                        r.get("carry")]), r.get("n_windows"), at) for r in rows])
 
 
 def latest_scores(book: Book) -> dict[int, dict]:
@@ -143,6 +143,7 @@ def scored_units(book: Book) -> list[dict]:
 
 
 def save_scorecard(book: Book, card: dict, corpus: str | None, settings: dict) -> int:
+    card, settings = finite(card), finite(settings)
     cur = book.conn.execute(
         "INSERT INTO scorecards (at, corpus, settings, ce_original, ce_ablated, ce_explained, recovered, n_explained, "
         "n_units, groups, curve) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

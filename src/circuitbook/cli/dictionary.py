@@ -43,7 +43,7 @@ def register(sub) -> None:
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
     t.add_argument("--overwrite", action="store_true", help="replace a dictionary of the same name / another model's book")
     t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=run_train)
+    t.set_defaults(func=run_train, writes=("book",))
 
     e = dsub.add_parser("eval", help="measure a stored dictionary: L0, FVU, densities, spliced CE / KL / loss recovered")
     add_model_args(e)
@@ -52,7 +52,7 @@ def register(sub) -> None:
     e.add_argument("--corpus", required=True)
     e.add_argument("--holdout", type=int, default=100, help="measure on the last N stories (default 100)")
     e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(func=run_eval)
+    e.set_defaults(func=run_eval, writes=("book",))
 
     x = dsub.add_parser("export", help="write a stored dictionary in SAELens 6 format (cfg.json + sae_weights.safetensors)")
     x.add_argument("--book", required=True)
@@ -68,7 +68,7 @@ def register(sub) -> None:
     i.add_argument("--layer", type=int, default=None, help="model layer (SAELens files usually say it)")
     i.add_argument("--name", default=None, help="name in the book (default: the file's name)")
     i.add_argument("--overwrite", action="store_true")
-    i.set_defaults(func=run_import)
+    i.set_defaults(func=run_import, writes=("book",))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

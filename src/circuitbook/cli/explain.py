@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--llm-units", type=int, default=20, help="how many units to send (highest max activation first)")
     p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per request (default 30)")
     add_model_args(p, required=False)
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, writes=("book",))
 
 
 def open_book(path: str):

@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation scores")
     p.add_argument("--ablation-tokens", type=int, default=512, help="positions the ablation scores use (default 512)")
     p.add_argument("--kind", action="append", help="only units of this kind (repeatable)")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, writes=("book",))
 
 
 def main(args) -> int:

@@ -12,7 +12,7 @@ def register(sub) -> None:
     add_scoring_args(p)
     p.add_argument("--curve-points", type=int, default=8, help="points on the units-vs-recovered curve (default 8)")
     p.add_argument("--json", action="store_true", help="print the scorecard as JSON")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, writes=("book",))
 
 
 def main(args) -> int:

@@ -1,8 +1,8 @@
 """The stage end to end: train a dictionary on a corpus into the book, measure it, import / export files.
 
 ``train_into_book`` trains on the corpus's stories except the last ``holdout`` (read lazily, epoch after
-epoch), stores the dictionary, then measures it on the held-out stories (or, with holdout 0, on the last
-stories it trained on) and stores the measurement. Its checkpoint sits next to the book
+epoch), measures it on the held-out stories (or, with holdout 0, on the last stories it trained on) and
+stores the dictionary with its measurement in one transaction. Its checkpoint sits next to the book
 (``BOOK.dictionary-NAME.pt``) while it trains: run the same command again after a kill to resume.
 Every argument is checked before the book is touched, so bad input writes nothing.
 """
@@ -17,7 +17,7 @@ from .config import DictionaryConfig, DictionaryError, TrainConfig
 from .formats import load_dictionary, save_saelens
 from .model import Dictionary
 from .splice import SpliceResult, evaluate_splice
-from .store import check_fits, load_from_book, save_measurement, save_to_book
+from .store import check_fits, load_from_book, save_measured_to_book, save_measurement, save_to_book
 from .trainer import TrainResult, train
 
 
@@ -48,9 +48,29 @@ def measure(model, book, number: int, d: Dictionary, eval_stories: list[str], co
     return res
 
 
+_SAME_RUN = ("dictionary", "training", "corpus_hash", "train_stories", "holdout")
+
+
+def _finished_earlier(book, name: str, ckpt: Path, settings: dict) -> dict | None:
+    """The stored row of ``name`` when a previous run of these very settings stored it but was killed before
+    removing its checkpoint (the checkpoint is still there): that run is finished, not a name clash."""
+    from ..book import dictionary as bd
+
+    if not ckpt.exists():
+        return None
+    row = next((r for r in bd.dictionaries(book) if r["name"] == name), None)
+    if row is None or any(row["settings"].get(k) != settings[k] for k in _SAME_RUN):
+        return None
+    return row
+
+
 def train_into_book(model, corpus, book_path, dcfg: DictionaryConfig, tcfg: TrainConfig, name: str | None = None,
                     holdout: int = 0, overwrite: bool = False, progress: bool = True,
                     eval_stories: int = 100) -> tuple[int, TrainResult, SpliceResult]:
+    """Train, measure, then store the dictionary and its measurement in one transaction and remove the
+    checkpoint. Re-run after a kill at any point: training resumes from the checkpoint (a finished one is
+    only measured and stored); a run killed after storing but before removing the checkpoint is finished
+    by removing it."""
     check_fits(_shape_only(dcfg), model.cfg)
     name = name or f"{dcfg.kind}-L{dcfg.layer}-{dcfg.d_sae}"
     n_train, train_stories, held = split_corpus(corpus, holdout)
@@ -58,19 +78,26 @@ def train_into_book(model, corpus, book_path, dcfg: DictionaryConfig, tcfg: Trai
     book = _open_book(book_path, model, overwrite)
     from ..book import dictionary as bd
 
-    if not overwrite and any(r["name"] == name for r in bd.dictionaries(book)):
-        raise DictionaryError(f"{book_path} already has a dictionary named {name!r}; use another --name or --overwrite")
     ckpt = Path(str(book_path) + f".dictionary-{name}.pt")
+    settings = {"dictionary": dcfg.to_dict(), "training": tcfg.to_dict(), "corpus": str(corpus), "corpus_hash": chash,
+                "train_stories": n_train, "holdout": holdout}
+    done = _finished_earlier(book, name, ckpt, settings)
+    if not overwrite and done is None and any(r["name"] == name for r in bd.dictionaries(book)):
+        raise DictionaryError(f"{book_path} already has a dictionary named {name!r}; use another --name or --overwrite")
     identity = {"model": model.fingerprint(), "corpus": chash, "train_stories": n_train}
     res = train(model, train_stories, dcfg, tcfg, checkpoint=ckpt, identity=identity, progress=progress)
-    settings = {"dictionary": dcfg.to_dict(), "training": tcfg.to_dict(), "trained": res.summary(),
-                "corpus": str(corpus), "corpus_hash": chash, "train_stories": n_train, "holdout": holdout}
-    number = save_to_book(book, name, res.dictionary, settings, model, f"{corpus}#{chash}", replace=overwrite)
     if not held:
         held = list(islice(train_stories(), max(0, n_train - eval_stories), None))
     label = f"{corpus}#{chash} last {len(held)} stories" + (" (held out)" if holdout else " (trained on)")
-    ev = measure(model, book, number, res.dictionary, held, label,
-                 mean_stories=list(islice(train_stories(), 400)), progress=progress)
+    if done is not None:  # stored by the killed run: read its measurement back, store nothing
+        number, ev = done["number"], evaluate_splice(model, res.dictionary, held,
+                                                     mean_stories=list(islice(train_stories(), 400)), progress=progress)
+    else:
+        ev = evaluate_splice(model, res.dictionary, held, mean_stories=list(islice(train_stories(), 400)),
+                             progress=progress)
+        settings["trained"] = res.summary()
+        number = save_measured_to_book(book, name, res.dictionary, settings, model, f"{corpus}#{chash}", label, ev,
+                                       replace=overwrite)
     ckpt.unlink(missing_ok=True)
     return number, res, ev
 

@@ -47,3 +47,15 @@ def load_from_book(book, which: str | int) -> tuple[Dictionary, dict]:
 def save_measurement(book, number: int, corpus: str, result: SpliceResult) -> int:
     r = result.reconstruction
     return bd.save_metrics(book, number, corpus, result.to_dict(), r.density.numpy(), r.hist)
+
+
+def save_measured_to_book(book, name: str, d: Dictionary, settings: dict, model, corpus: str, measured_on: str,
+                          result: SpliceResult, replace: bool = False) -> int:
+    """Store ``d`` and its measurement in one transaction (see book.dictionary.save_measured_dictionary)."""
+    if book.config is not None:
+        check_fits(d, book.config)
+    r = result.reconstruction
+    number, _ = bd.save_measured_dictionary(book, name, d.cfg.to_dict(), settings, tensors_to_bytes(d.tensors()),
+                                            (measured_on, result.to_dict(), r.density.numpy(), r.hist),
+                                            model_fingerprint=model.fingerprint(), corpus=corpus, replace=replace)
+    return number

@@ -86,6 +86,7 @@ class _State:
         self.s_in = self.s_out = None
         self.mass = torch.zeros(d_sae, dtype=torch.float64)  # activation mass since the last resample
         self.history: list[dict] = []
+        self.recent: list[dict] = []  # the last 20 steps' logs (the result's FVU / L0): checkpointed too
 
 
 def _save(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> None:
@@ -93,7 +94,7 @@ def _save(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> N
     torch.save({"version": CHECKPOINT_VERSION, "dict_cfg": dcfg.to_dict(), "train_cfg": tcfg.to_dict(),
                 "identity": identity, "params": d.state_dict(), "optim": opt.state_dict(), "step": st.step,
                 "position": dataclasses.asdict(st.position), "since_fired": st.since_fired, "s_in": st.s_in,
-                "s_out": st.s_out, "history": st.history, "mass": st.mass}, tmp)
+                "s_out": st.s_out, "history": st.history, "mass": st.mass, "recent": st.recent}, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -120,6 +121,7 @@ def _load(path: Path, d: Dictionary, opt, st: _State, dcfg, tcfg, identity) -> b
     st.step, st.position = ck["step"], Position(**ck["position"])
     st.since_fired, st.s_in, st.s_out, st.history = ck["since_fired"], ck["s_in"], ck["s_out"], ck["history"]
     st.mass = ck.get("mass", st.mass)
+    st.recent = list(ck.get("recent", []))
     return True
 
 
@@ -238,7 +240,6 @@ def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint:
     total = tcfg.tokens // tcfg.batch_size
     start_step = st.step
     t0 = time.perf_counter()
-    recent: list[dict] = []
     bar = tqdm(total=total, initial=st.step, desc=f"train {dcfg.kind}", unit="step", disable=not progress)
     try:
         for pos, x, y in (stream.steps(st.position) if st.step < total else ()):
@@ -260,7 +261,7 @@ def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint:
             if tcfg.resample_every and st.step % tcfg.resample_every == 0 and st.step <= total // 2:
                 logs["resampled"] = resample(d, opt, x, y, st.mass.to(x.device), tcfg.seed, st.step)
                 st.mass.zero_()
-            recent = (recent + [logs])[-20:]
+            st.recent = (st.recent + [logs])[-20:]
             if st.step % 10 == 0 or st.step == total:
                 st.history.append({"step": st.step, **logs, "dead": float(dead.float().mean())})
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", fvu=f"{logs['fvu']:.3f}", L0=f"{logs['l0']:.1f}",
@@ -279,7 +280,7 @@ def train(model, stories, dcfg: DictionaryConfig, tcfg: TrainConfig, checkpoint:
     out.load_state_dict(d.state_dict())
     out.fold_scales(st.s_in, st.s_out)
     done = st.step - start_step
-    last = recent or st.history[-1:] or [{"fvu": math.nan, "l0": math.nan}]
+    last = st.recent or st.history[-1:] or [{"fvu": math.nan, "l0": math.nan}]
     return TrainResult(
         dictionary=out.cpu(), steps=st.step, tokens=st.step * tcfg.batch_size, seconds=seconds,
         tokens_per_s=done * tcfg.batch_size / seconds if seconds > 0 else 0.0,
