@@ -18,6 +18,7 @@ import argparse
 import time
 
 import torch
+from machine import header, load  # benchmarks/ is on sys.path when a script there runs
 
 
 def synthetic(n: int, d_in: int, n_true: int = 4096, k_true: int = 16, seed: int = 0) -> torch.Tensor:
@@ -97,21 +98,25 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--full", action="store_true", help="the 1L-21M shape: d_in 1024, 16,384 features, k 32, batch 4096")
     a = p.parse_args()
+    if a.full:
+        a.d_in, a.features, a.k, a.batch = 1024, 16384, 32, 4096
+    header()
     x = synthetic(a.batch * a.steps, a.d_in)
     t_mm = matmul_bound(a.batch, a.d_in, a.features)
     bound = a.batch / t_mm
     print(f"threads {torch.get_num_threads()}; fp32 matmul [{a.batch}x{a.d_in}]x[{a.d_in}x{a.features}]: {t_mm * 1e3:.1f} ms "
           f"= {2 * a.batch * a.d_in * a.features / t_mm / 1e9:.1f} GFLOP/s -> bound {bound:,.0f} tokens/s (one dense encoder "
-          f"matmul per token)")
+          f"matmul per token) {load()}")
     tokens = a.batch * a.steps
     s_cb, f_cb = run_circuitbook(x, a.features, a.k, a.batch, a.steps)
     print(f"circuitbook  {a.steps} steps: {s_cb:.1f} s, {tokens / s_cb:,.0f} tokens/s = {tokens / s_cb / bound:.2f} of the "
-          f"bound; final-batch FVU {f_cb:.4f}")
+          f"bound; final-batch FVU {f_cb:.4f} {load()}")
     try:
         s_sl, f_sl = run_saelens(x, a.features, a.k, a.batch, a.steps)
         print(f"SAELens      {a.steps} steps: {s_sl:.1f} s, {tokens / s_sl:,.0f} tokens/s = {tokens / s_sl / bound:.2f} of the "
-              f"bound; final-batch FVU {f_sl:.4f}   (circuitbook {s_sl / s_cb:.2f}x faster)")
+              f"bound; final-batch FVU {f_sl:.4f}   (circuitbook {s_sl / s_cb:.2f}x faster) {load()}")
     except ImportError:
         print("SAELens not installed (pip install sae-lens): no side-by-side")
 
