@@ -69,8 +69,11 @@ class CircuitsSummary:
         out = [f"circuits: {self.computed} tasks computed, {self.skipped} already in the book, {self.seconds:.1f}s"]
         if self.direct_path_loss:
             d = self.direct_path_loss
-            out.append(f"  direct path (bigrams) loss {d['direct']:.3f} vs full model {d['full']:.3f} vs uniform "
-                       f"{d['uniform']:.3f} nats/token: bigrams carry {100 * d['explained']:.0f}% of the gain")
+            n = lambda x, fmt: "n/a" if x is None else format(x, fmt)  # noqa: E731  (NaN is stored as NULL)
+            share = "n/a" if d.get("explained") is None else f"{100 * d['explained']:.0f}%"
+            out.append(f"  direct path (bigrams) loss {n(d.get('direct'), '.3f')} vs full model "
+                       f"{n(d.get('full'), '.3f')} vs uniform {n(d.get('uniform'), '.3f')} nats/token: "
+                       f"bigrams carry {share} of the gain")
         out.append(f"  copying heads (OV eigenvalue score): {f(self.copying)}")
         out.append(f"  previous-token heads: {f(self.previous_token)}")
         out.append(f"  duplicate-token heads: {f(self.duplicate_token)}")
