@@ -94,3 +94,12 @@ def test_bad_input_is_one_clear_error_and_keeps_finished_shards(ts1l_dir, corpus
     assert len(err.splitlines()) == 1 and "shard" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in before} == before and not book.exists()
     assert _scan(ts1l_dir, corpus, book, "--shards", "2", "--shard", "1/2", "--executor", "local") == 2
+
+
+def test_executor_registry_refuses_a_duplicate_and_matches_the_cli():
+    from circuitbook.cli.scan import EXECUTOR_NAMES
+    from circuitbook.scale import EXECUTORS, ScaleError, register_executor
+
+    assert set(EXECUTOR_NAMES) == set(EXECUTORS)  # the CLI lists them without importing the engines' module
+    with pytest.raises(ScaleError, match="already registered"):
+        register_executor("local")(type("Again", (), {}))

@@ -62,7 +62,7 @@ EXECUTOR_NAMES = ("local", "ray", "slurm")  # scale/executors.py registers them 
 
 
 def run(args) -> int:
-    from ..scan import ScanSettings, scan_corpus
+    from ..scan import scan_corpus
 
     from ..book import Book
 
@@ -74,26 +74,28 @@ def run(args) -> int:
     model = load(args)
     check_corpus_arg(args)
     Book.check(args.book)
-    settings = ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
-                            max_tokens=args.max_tokens, shard=shard, batch_size=args.batch_size,
-                            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)
-    summary = scan_corpus(model, args.corpus, args.book, settings, overwrite=args.overwrite,
+    summary = scan_corpus(model, args.corpus, args.book, _settings(args, shard), overwrite=args.overwrite,
                           keep_state=True if args.keep_state else None, progress=not args.no_progress)
     print(summary)
     return 0
 
 
+def _settings(args, shard):
+    from ..scan import ScanSettings
+
+    return ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
+                        max_tokens=args.max_tokens, shard=shard, batch_size=args.batch_size,
+                        checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)
+
+
 def _run_scaled(args) -> int:
     from ..book import Book
     from ..scale import ExecutorOptions, scale_scan
-    from ..scan import ScanSettings
 
     model = load(args)
     check_corpus_arg(args)
     Book.check(args.book)
-    settings = ScanSettings(k=args.k, r=args.r, before=args.before, after=args.after, max_len=args.max_len,
-                            max_tokens=args.max_tokens, batch_size=args.batch_size,
-                            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds)
+    settings = _settings(args, (0, 1))
     opts = ExecutorOptions(workers=args.workers, cpus=args.ray_cpus, ray_address=args.ray_address,
                            slurm_partition=args.slurm_partition, slurm_time=args.slurm_time, slurm_mem=args.slurm_mem,
                            slurm_cpus=args.slurm_cpus, slurm_local=args.slurm_local)

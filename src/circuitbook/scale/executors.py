@@ -55,7 +55,10 @@ EXECUTORS: dict[str, Callable[[ExecutorOptions], "Executor"]] = {}
 
 
 def register_executor(name: str):
+    """Class decorator: register an executor under ``name``; a name registered twice is a ScaleError."""
     def deco(cls):
+        if name in EXECUTORS:
+            raise ScaleError(f"an executor named {name!r} is already registered ({EXECUTORS[name].__name__})")
         EXECUTORS[name] = cls
         cls.name = name
         return cls
