@@ -89,12 +89,13 @@ def train_into_book(model, corpus, book_path, dcfg: DictionaryConfig, tcfg: Trai
     if not held:
         held = list(islice(train_stories(), max(0, n_train - eval_stories), None))
     label = f"{corpus}#{chash} last {len(held)} stories" + (" (held out)" if holdout else " (trained on)")
-    if done is not None:  # stored by the killed run: read its measurement back, store nothing
-        number, ev = done["number"], evaluate_splice(model, res.dictionary, held,
-                                                     mean_stories=list(islice(train_stories(), 400)), progress=progress)
+    # the measurement (a killed run that already stored dictionary and measurement is measured again for the
+    # returned figures only: nothing is stored twice)
+    ev = evaluate_splice(model, res.dictionary, held, mean_stories=list(islice(train_stories(), 400)),
+                         progress=progress)
+    if done is not None:
+        number = done["number"]
     else:
-        ev = evaluate_splice(model, res.dictionary, held, mean_stories=list(islice(train_stories(), 400)),
-                             progress=progress)
         settings["trained"] = res.summary()
         number = save_measured_to_book(book, name, res.dictionary, settings, model, f"{corpus}#{chash}", label, ev,
                                        replace=overwrite)
