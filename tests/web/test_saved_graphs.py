@@ -63,6 +63,16 @@ def test_save_group_hypothesis_test_in_client(book, ts1l, tmp_path):
     assert 'class="cb-node cb-supernode"' in page
 
 
+def _wait_for(browser, css, timeout=60):
+    """The elements matching `css` once a click's form POST has loaded the new page (no implicit waits here)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, css) or False)
+
+
 def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
     from selenium.webdriver.common.by import By
 
@@ -73,14 +83,14 @@ def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
         browser.find_element(By.ID, "save-name").send_keys("demo")
         browser.find_element(By.ID, "save-prune").click()
         browser.find_element(By.ID, "save-graph").click()
-        assert browser.find_element(By.ID, "graph-name").text == "demo"
+        assert _wait_for(browser, "#graph-name")[0].text == "demo"
         browser.find_element(By.ID, "auto-group").click()
-        assert browser.find_elements(By.CSS_SELECTOR, "#supernodes tr.supernode")
+        assert _wait_for(browser, "#supernodes tr.supernode")
         browser.find_element(By.ID, "hyp-text").send_keys("the heads reading ' upon' drive ' was'")
         browser.find_element(By.ID, "hyp-threshold").clear()
         browser.find_element(By.ID, "hyp-threshold").send_keys("0.25")
         browser.find_element(By.ID, "add-hypothesis").click()
-        browser.find_element(By.CSS_SELECTOR, ".run-test").click()
+        _wait_for(browser, ".run-test")[0].click()
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -98,7 +108,7 @@ def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
     with live_server(create_app(Book.open(path, create=False), model=ts1l)) as url:  # a server restart
         browser.get(f"{url}/")
         browser.find_element(By.CSS_SELECTOR, "a.saved-graph").click()
-        assert browser.find_element(By.ID, "saved-graph").get_attribute("data-view") == "supernodes"
+        assert _wait_for(browser, "#saved-graph")[0].get_attribute("data-view") == "supernodes"
         assert browser.find_elements(By.CSS_SELECTOR, "#saved-graph .cb-supernode")
         assert browser.find_element(By.CSS_SELECTOR, ".experiment").text.startswith(verdict)
         assert "the heads reading" in browser.find_element(By.CSS_SELECTOR, ".hypothesis").text
