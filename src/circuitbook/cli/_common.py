@@ -41,6 +41,38 @@ def add_encoding_arg(p) -> None:
                                                      "strictly: the first bad byte is an error)")
 
 
+EXECUTOR_NAMES = ("local", "ray", "slurm")  # scale/executors.py registers them (imported only when used)
+
+
+def add_scale_args(p, description: str) -> None:
+    """The scale-out options (--shards, --executor and each engine's settings) of a command that runs shard
+    jobs on scale/'s executors."""
+    g = p.add_argument_group("scale-out", description)
+    g.add_argument("--shards", type=int, default=None, help="number of shard jobs (default: one process, no shards)")
+    g.add_argument("--executor", default=None, choices=sorted(EXECUTOR_NAMES),
+                   help="where shard jobs run: local processes (default), ray tasks, or a slurm job array")
+    g.add_argument("--retries", type=int, default=2, help="times a failed shard is submitted again (default 2)")
+    g.add_argument("--workers", type=int, default=None, help="local: processes at once (default: min(shards, CPUs))")
+    g.add_argument("--ray-address", default=None, help="ray: a running cluster (HOST:PORT, ray://HOST:PORT, auto); "
+                   "default: a local Ray started for the run with this machine's CPUs")
+    g.add_argument("--ray-cpus", type=int, default=None, help="ray: CPUs of the local Ray (default: all)")
+    g.add_argument("--slurm-partition", default=None, help="slurm: partition of the job array")
+    g.add_argument("--slurm-time", type=int, default=60, help="slurm: minutes per shard job (default 60)")
+    g.add_argument("--slurm-mem", type=float, default=None, help="slurm: GB of memory per shard job")
+    g.add_argument("--slurm-cpus", type=int, default=4, help="slurm: CPUs per shard job (default 4)")
+    g.add_argument("--slurm-local", action="store_true", help="slurm: run the job array with submitit's local "
+                   "executor on this machine (also: CIRCUITBOOK_SLURM_LOCAL=1), e.g. to try it without a cluster")
+
+
+def executor_options(args):
+    """scale.ExecutorOptions from the options add_scale_args added."""
+    from ..scale import ExecutorOptions
+
+    return ExecutorOptions(workers=args.workers, cpus=args.ray_cpus, ray_address=args.ray_address,
+                           slurm_partition=args.slurm_partition, slurm_time=args.slurm_time, slurm_mem=args.slurm_mem,
+                           slurm_cpus=args.slurm_cpus, slurm_local=args.slurm_local)
+
+
 def check_corpus_arg(args, attr: str = "corpus", min_stories: int = 1) -> None:
     """Validate the command's corpus file (see corpus.check_corpus) before anything is created."""
     from ..corpus import check_corpus

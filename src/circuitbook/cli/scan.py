@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import CircuitbookError
-from ._common import add_encoding_arg, add_model_args, check_corpus_arg, load
+from ._common import (EXECUTOR_NAMES, add_encoding_arg, add_model_args, add_scale_args, check_corpus_arg,  # noqa: F401
+                      executor_options, load)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -38,27 +39,10 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a scan of another model/corpus/settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_encoding_arg(p)
-    g = p.add_argument_group("scale-out", "run the scan as N shard jobs on an executor, retry failed shards and "
-                             "merge them into --book (identical to a single-process scan); shard books are kept "
-                             "in BOOK.shards/ and a re-run reuses the finished ones (see circuitbook/scale/)")
-    g.add_argument("--shards", type=int, default=None, help="number of shard jobs (default: one process, no shards)")
-    g.add_argument("--executor", default=None, choices=sorted(EXECUTOR_NAMES),
-                   help="where shard jobs run: local processes (default), ray tasks, or a slurm job array")
-    g.add_argument("--retries", type=int, default=2, help="times a failed shard is submitted again (default 2)")
-    g.add_argument("--workers", type=int, default=None, help="local: processes at once (default: min(shards, CPUs))")
-    g.add_argument("--ray-address", default=None, help="ray: a running cluster (HOST:PORT, ray://HOST:PORT, auto); "
-                   "default: a local Ray started for the run with this machine's CPUs")
-    g.add_argument("--ray-cpus", type=int, default=None, help="ray: CPUs of the local Ray (default: all)")
-    g.add_argument("--slurm-partition", default=None, help="slurm: partition of the job array")
-    g.add_argument("--slurm-time", type=int, default=60, help="slurm: minutes per shard job (default 60)")
-    g.add_argument("--slurm-mem", type=float, default=None, help="slurm: GB of memory per shard job")
-    g.add_argument("--slurm-cpus", type=int, default=4, help="slurm: CPUs per shard job (default 4)")
-    g.add_argument("--slurm-local", action="store_true", help="slurm: run the job array with submitit's local "
-                   "executor on this machine (also: CIRCUITBOOK_SLURM_LOCAL=1), e.g. to try it without a cluster")
+    add_scale_args(p, "run the scan as N shard jobs on an executor, retry failed shards and merge them into --book "
+                   "(identical to a single-process scan); shard books are kept in BOOK.shards/ and a re-run "
+                   "reuses the finished ones (see circuitbook/scale/)")
     p.set_defaults(func=run, writes=("book",))
-
-
-EXECUTOR_NAMES = ("local", "ray", "slurm")  # scale/executors.py registers them (imported only when used)
 
 
 def run(args) -> int:
@@ -90,15 +74,13 @@ def _settings(args, shard):
 
 def _run_scaled(args) -> int:
     from ..book import Book
-    from ..scale import ExecutorOptions, scale_scan
+    from ..scale import scale_scan
 
     model = load(args)
     check_corpus_arg(args)
     Book.check(args.book)
     settings = _settings(args, (0, 1))
-    opts = ExecutorOptions(workers=args.workers, cpus=args.ray_cpus, ray_address=args.ray_address,
-                           slurm_partition=args.slurm_partition, slurm_time=args.slurm_time, slurm_mem=args.slurm_mem,
-                           slurm_cpus=args.slurm_cpus, slurm_local=args.slurm_local)
+    opts = executor_options(args)
     summary = scale_scan(model, {"model": args.model, "dtype": args.dtype, "device": args.device}, args.corpus,
                          args.book, settings, shards=args.shards or 2, executor=args.executor or "local",
                          retries=args.retries, opts=opts, overwrite=args.overwrite, encoding=args.encoding,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ._common import add_model_args
+from ._common import add_model_args, add_scale_args, executor_options
 
 
 def add_scoring_args(p) -> None:
@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation scores")
     p.add_argument("--ablation-tokens", type=int, default=512, help="positions the ablation scores use (default 512)")
     p.add_argument("--kind", action="append", help="only units of this kind (repeatable)")
+    add_scale_args(p, "score the explanations in N shard jobs on an executor (shard i scores explanations i, i+n, "
+                   "...), retry failed shards and store one score run (the same scores as one process); finished "
+                   "shards wait in BOOK.score-shards/ and a re-run reuses them (see circuitbook/scale/score.py)")
     p.set_defaults(func=main, writes=("book",))
 
 
@@ -45,8 +48,19 @@ def main(args) -> int:
     model = book_model(args, book)
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size,
                        ablation=not args.no_ablation, ablation_tokens=args.ablation_tokens)
-    r = score_book(book, model, stories(args), st, kinds=args.kind,
-                   corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True)
+    label = f"{args.corpus}#{corpus_hash(args.corpus)}"
+    if args.shards is not None or args.executor is not None:
+        from ..scale.score import scale_score
+
+        r, info = scale_score(book, model, {"model": args.model, "dtype": args.dtype, "device": args.device},
+                              args.corpus, st, shards=args.shards or 2, executor=args.executor or "local",
+                              retries=args.retries, opts=executor_options(args), n_stories=args.stories,
+                              kinds=args.kind, corpus_label=label, encoding=getattr(args, "encoding", None))
+        for line in info["failures"]:
+            print(f"retried: {line}")
+        print(f"{info['shards']} shards on {args.executor or 'local'}: {info['reused']} reused, {info['jobs']} jobs run")
+    else:
+        r = score_book(book, model, stories(args), st, kinds=args.kind, corpus=label, progress=True)
     print(r.summary())
     if not r.held_out.get("checked"):
         print("warning: " + r.held_out["reason"])

@@ -65,6 +65,12 @@ class ScoreSettings:
 LINEAR_WRITE = {"neuron"}
 
 
+def fast_path(kind: str, layer: int, cfg) -> bool:
+    """Whether a unit's ablation losses come from the final residual (no forward): a LINEAR_WRITE activation
+    unit of the last layer. score_units batches these unit_chunk at a time (one product per chunk)."""
+    return kind in LINEAR_WRITE and unit_kind(kind).stats == "activation" and layer == cfg.n_layers - 1
+
+
 def correlation_score(real, simulated) -> float:
     """Pearson correlation of two flat arrays (np.corrcoef); 0.0 when either is constant."""
     real, simulated = np.asarray(real, np.float64).ravel(), np.asarray(simulated, np.float64).ravel()
@@ -377,7 +383,7 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
         if not st.ablation:
             continue
         mean = ho.means[(kind, layer)][idx]
-        if kind in LINEAR_WRITE and spec.stats == "activation" and layer == cfg.n_layers - 1:
+        if fast_path(kind, layer, cfg):
             a_abl = torch.as_tensor(a[ho.abl_seqs])
             s_abl = torch.as_tensor(sim_full[ho.abl_seqs])
             keep = torch.zeros_like(a_abl, dtype=torch.bool)

@@ -17,13 +17,12 @@ free the space). Progress: the workers' progress files, summed (tokens and token
 from __future__ import annotations
 
 import dataclasses
-import json
-import threading
 import time
 from pathlib import Path
 
 from ..scan import ScanSettings, merge_books
 from ..scan.run import held_identity, resolve_settings, scan_identity
+from .coordinate import Tracker, run_rounds, why_pending
 from .executors import ExecutorOptions, ScaleError, make_executor
 
 
@@ -114,44 +113,42 @@ def scale_scan(model, model_spec: dict, corpus, book: str | Path, settings: Scan
     ex = make_executor(executor, opts)
     pending = [i for i in range(shards) if states[i] != "done"]
     reused, ran, failures = shards - len(pending), 0, []
-    tracker = _Tracker(book, shards, executor, enabled=progress)
+    tracker = Tracker([_progress_file(book, i, shards) for i in range(shards)], "new_tokens",
+                      f"scan {shards} shards on {executor}", "tok", enabled=progress)
     if pending:
         shards_dir(book).mkdir(parents=True, exist_ok=True)
         ex.start()
         try:
             tracker.start()
-            for attempt in range(retries + 1):
-                specs = [_spec(model_spec, corpus, encoding, s, book, i, shards, ex.threads(len(pending)),
-                               overwrite and attempt == 0) for i in pending]
-                errs = ex.run(specs)
-                ran += len(specs)
-                failures += [f"shard {i}/{shards} (attempt {attempt + 1}): {e}" for i, e in zip(pending, errs) if e]
-                pending = [i for i in pending if _shard_state(shard_book(book, i, shards), idents[i], False) != "done"]
-                if not pending:
-                    break
+            ran, failures, pending = run_rounds(
+                ex, pending, lambda i, attempt, jobs: _spec(model_spec, corpus, encoding, s, book, i, shards, ex.threads(jobs),
+                                                            overwrite and attempt == 0),
+                lambda i: _shard_state(shard_book(book, i, shards), idents[i], False) == "done", retries, shards)
         finally:
             tracker.stop()
             ex.close()
     if pending:
-        last = {f.split(" (attempt")[0]: f for f in failures}
-        why = "; ".join(last.get(f"shard {i}/{shards}", f"shard {i}/{shards}: no finished book") for i in pending)
-        raise ScaleError(f"{len(pending)} of {shards} shards did not finish after {retries + 1} attempts: {why}; "
-                         f"the {shards - len(pending)} finished shard books are kept in {shards_dir(book)} "
-                         f"(re-run the same command to retry the rest)")
+        raise ScaleError(f"{len(pending)} of {shards} shards did not finish after {retries + 1} attempts: "
+                         f"{why_pending(pending, failures, shards)}; the {shards - len(pending)} finished shard "
+                         f"books are kept in {shards_dir(book)} (re-run the same command to retry the rest)")
     paths = [shard_book(book, i, shards) for i in range(shards)]
     for i, p in enumerate(paths):  # the last word before merging: every shard book there and finished
         if _shard_state(p, idents[i], False) != "done":
             raise ScaleError(f"shard book {p} is missing or unfinished; re-run the same command to rescan it")
     merge_books(paths, book, overwrite=True)
-    return _finish(book, shards, executor, reused, ran, failures, t0, tracker.new_tokens())
+    return _finish(book, shards, executor, reused, ran, failures, t0, tracker.count())
 
 
 def _spec(model_spec: dict, corpus, encoding, s: ScanSettings, book: Path, i: int, n: int, threads: int,
           overwrite: bool) -> dict:
     fields = {k: v for k, v in dataclasses.asdict(s).items() if k != "shard"}
     return {**model_spec, "corpus": str(corpus), "encoding": encoding, "settings": fields, "shard": [i, n],
-            "book": str(shard_book(book, i, n)), "progress": str(shard_book(book, i, n)) + ".progress.json",
+            "book": str(shard_book(book, i, n)), "progress": str(_progress_file(book, i, n)),
             "threads": threads, "overwrite": overwrite, "fingerprint_threads": _torch_threads()}
+
+
+def _progress_file(book: Path, i: int, n: int) -> Path:
+    return Path(f"{shard_book(book, i, n)}.progress.json")
 
 
 def _torch_threads() -> int:
@@ -175,58 +172,3 @@ def _finish(book: Path, shards: int, executor: str, reused: int, ran: int, failu
     sec = time.time() - t0
     return ScaleSummary(str(book), shards, executor, prog["tokens"], prog["sequences"], reused, ran, failures, sec,
                         new_tokens / sec if sec > 0 else 0.0)
-
-
-class _Tracker:
-    """Sums the workers' progress files into one bar: tokens done by this run and tokens/s across shards."""
-
-    def __init__(self, book: Path, n: int, executor: str, enabled: bool, every: float = 1.0):
-        self.book, self.n, self.executor, self.enabled, self.every = book, n, executor, enabled, every
-        self._stop = threading.Event()
-        self._thread = None
-        self._t0 = time.time()
-        self._lock = threading.Lock()
-        self._last: dict[int, int] = {}  # per shard: new tokens of its current attempt
-        self._acc: dict[int, int] = {}  # and of its earlier attempts (a retry starts again from 0)
-
-    def _poll(self) -> int:
-        with self._lock:
-            for i in range(self.n):
-                p = Path(f"{shard_book(self.book, i, self.n)}.progress.json")
-                try:
-                    new = int(json.loads(p.read_text()).get("new_tokens", 0))
-                except (OSError, ValueError):
-                    continue
-                if new < self._last.get(i, 0):
-                    self._acc[i] = self._acc.get(i, 0) + self._last[i]
-                self._last[i] = new
-            return sum(self._last.values()) + sum(self._acc.values())
-
-    def new_tokens(self) -> int:
-        return self._poll()
-
-    def start(self) -> None:
-        for i in range(self.n):  # progress of earlier runs is not this run's
-            Path(f"{shard_book(self.book, i, self.n)}.progress.json").unlink(missing_ok=True)
-        self._t0 = time.time()
-        if self.enabled:
-            self._thread = threading.Thread(target=self._loop, name="scale-progress", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        from ..progress import progress as progress_bar
-
-        bar = progress_bar(total=None, unit="tok", desc=f"scan {self.n} shards on {self.executor}")
-        try:
-            while not self._stop.wait(self.every):
-                done = self._poll()
-                bar.update(done - bar.n)
-                bar.set_postfix_str(f"{done / max(time.time() - self._t0, 1e-9):,.0f} tok/s across shards",
-                                    refresh=False)
-        finally:
-            bar.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

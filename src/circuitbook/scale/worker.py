@@ -1,5 +1,6 @@
-"""One shard of a scaled-out scan, run wherever an executor puts it (a local process, a Ray task, a Slurm
-array job): load the model, scan stories' batches j mod n into the shard's own book, resumably.
+"""One shard job of a scaled-out run, wherever an executor puts it (a local process, a Ray task, a Slurm array
+job). A scan shard (``spec["job"]`` "scan", the default): load the model, scan stories' batches j mod n into
+the shard's own book, resumably. A score shard ("score"): see scale/score.py.
 
     python -m circuitbook.scale.worker SPEC.json      # what the local executor runs
     run_shard(spec)                                   # what Ray and submitit call
@@ -9,7 +10,8 @@ settings (ScanSettings fields), shard [i, n], book, progress (a small JSON file 
 every PROGRESS_S seconds: tokens done, tokens/s; the coordinator sums them), threads (torch threads).
 
 Fault injection for tests: ``CIRCUITBOOK_SCALE_KILL=I@B`` makes the worker of shard I SIGKILL itself after
-its B-th batch, once (a marker file ``<book>.killed`` next to the shard book records that it happened).
+its B-th batch (a score shard: its B-th unit), once (a marker file ``<book>.killed`` / ``<out>.killed`` next to
+the shard's output records that it happened).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ PROGRESS_S = 0.5
 KILL_ENV = "CIRCUITBOOK_SCALE_KILL"
 
 
-def _kill_after(shard: int, book: str) -> int | None:
-    """The batch count after which this shard's worker kills itself (fault injection), or None."""
+def kill_after(shard: int, book: str) -> int | None:
+    """The count (batches, or units for a score shard) after which this shard's worker kills itself (fault
+    injection), or None."""
     spec = os.environ.get(KILL_ENV, "")
     if "@" not in spec:
         return None
@@ -36,6 +39,12 @@ def _kill_after(shard: int, book: str) -> int | None:
     return int(b)
 
 
+def kill_self(output: str, count: int) -> None:
+    """Record that the fault injection happened (``<output>.killed``), then SIGKILL this process."""
+    Path(output + ".killed").write_text(f"killed after {count}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_progress(path: str | Path, info: dict) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text(json.dumps(info))
@@ -43,6 +52,18 @@ def write_progress(path: str | Path, info: dict) -> None:
 
 
 def run_shard(spec: dict) -> dict:
+    """Run one shard job: ``spec["job"]`` "scan" (the default) or "score" (scale/score.py). Raises on failure."""
+    job = spec.get("job", "scan")
+    if job == "score":
+        from .score import run_score_shard
+
+        return run_score_shard(spec)
+    if job != "scan":
+        raise ValueError(f"unknown shard job {job!r}")
+    return run_scan_shard(spec)
+
+
+def run_scan_shard(spec: dict) -> dict:
     """Scan one shard into its book; returns the ScanSummary as a dict. Raises on failure."""
     import torch
 
@@ -52,7 +73,7 @@ def run_shard(spec: dict) -> dict:
     from ..scan import ScanSettings, scan_corpus
 
     i, n = spec["shard"]
-    kill_at = _kill_after(i, spec["book"])
+    kill_at = kill_after(i, spec["book"])
     model = load_model(spec["model"], dtype=DTYPES[spec["dtype"]], device=spec["device"])
     # the fingerprint's float sums depend on torch's thread count: take it with the coordinator's thread count
     # (an executor such as Ray may have started this process with one), so shard books carry the fingerprint
@@ -74,8 +95,7 @@ def run_shard(spec: dict) -> dict:
                                               "seconds": seconds, "done": False})
             state["written"] = now
         if kill_at is not None and state["batches"] >= kill_at:
-            Path(spec["book"] + ".killed").write_text(f"killed after batch {state['batches']}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill_self(spec["book"], state["batches"])
 
     with using_encoding(spec.get("encoding")):
         summary = scan_corpus(model, spec["corpus"], spec["book"], settings, keep_state=True, progress=False,
