@@ -14,11 +14,40 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 
 import pytest
 
 CHROMIUM = os.environ.get("CIRCUITBOOK_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CIRCUITBOOK_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+def wait_css(driver, css, timeout=30):
+    """The elements matching `css` once they are on the page (after a get, a click that navigates, a
+    form POST); fails naming the URL and showing what the page says instead (an error page, a blank tab)."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, css) or False)
+    except TimeoutException:
+        body = driver.execute_script("return document.body ? document.body.innerText : '(no body)'")
+        raise AssertionError(f"{css!r} not on {driver.current_url} after {timeout}s; "
+                             f"title {driver.title!r}; page text: {body[:1500]!r}") from None
+
+
+def goto(driver, url, css, timeout=30):
+    """Open `url` and wait for `css` on it; a page that came up without it (a renderer hiccup of the
+    headless browser) is loaded once more before failing with what it showed."""
+    driver.get(url)
+    try:
+        return wait_css(driver, css, timeout)
+    except AssertionError as first:
+        warnings.warn(f"reloading once: {first}")
+        driver.get(url)
+        return wait_css(driver, css, timeout)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import pytest
 from circuitbook.book import Book
 from circuitbook.web import create_app
 
-from .conftest import live_server
+from .conftest import goto, live_server, wait_css
 
 XSS = "<script>window.cbPwned=1</script><img src=x onerror=\"window.cbPwned=2\"><b>bold</b> & co"
 
@@ -45,7 +45,7 @@ def test_label_edit_persists_after_reload_and_restart(browser, book_path):
     from selenium.webdriver.support.ui import Select
 
     with live_server(create_app(Book.open(book_path))) as url:
-        browser.get(f"{url}/neuron/0/12")
+        goto(browser, f"{url}/neuron/0/12", "#label")
         label = _by_id(browser, "label")
         label.clear()
         label.send_keys("fires on 'the' <and> friends")
@@ -54,16 +54,15 @@ def test_label_edit_persists_after_reload_and_restart(browser, book_path):
         _by_id(browser, "save").click()
         _wait(browser, lambda d: _by_id(d, "saved").text == "saved")
         assert _by_id(browser, "title-label").text == "fires on 'the' <and> friends"
-        browser.refresh()
+        goto(browser, f"{url}/neuron/0/12", "#label")
         assert _by_id(browser, "label").get_attribute("value") == "fires on 'the' <and> friends"
         assert _by_id(browser, "notes").get_attribute("value") == "hypothesis: article detector"
         assert Select(_by_id(browser, "status")).first_selected_option.get_attribute("value") == "hypothesis"
     # a new server process on the same file (a fresh Book handle): the edit is in the book
     with live_server(create_app(Book.open(book_path))) as url:
-        browser.get(f"{url}/neuron/0/12")
+        goto(browser, f"{url}/neuron/0/12", "#label")
         assert _by_id(browser, "label").get_attribute("value") == "fires on 'the' <and> friends"
-        browser.get(f"{url}/?q=article")
-        assert "N0.12" in _by_id(browser, "units").text
+        assert "N0.12" in goto(browser, f"{url}/?q=article", "#units")[0].text
     hist = Book.open(book_path).label_history("neuron", 0, 12)
     assert len(hist) == 1 and hist[0]["status"] == "hypothesis"
 
@@ -71,10 +70,10 @@ def test_label_edit_persists_after_reload_and_restart(browser, book_path):
 def test_book_text_is_shown_as_text(browser, book_path):
     with live_server(create_app(Book.open(book_path))) as url:
         for page in (f"{url}/neuron/0/7", f"{url}/?label=labelled"):
-            browser.get(page)
+            goto(browser, page, "main")
             assert browser.execute_script("return window.cbPwned === undefined")
             assert browser.execute_script("return document.querySelectorAll('main img, main b').length") == 0
-        browser.get(f"{url}/neuron/0/7")
+        goto(browser, f"{url}/neuron/0/7", "#title-label")
         assert _by_id(browser, "title-label").text == XSS
         assert browser.title == f"N0.7 {XSS} · circuitbook"
         assert _by_id(browser, "notes").get_attribute("value") == XSS
@@ -82,7 +81,7 @@ def test_book_text_is_shown_as_text(browser, book_path):
 
 def test_50_concurrent_label_writes_lose_nothing(browser, book_path):
     with live_server(create_app(Book.open(book_path))) as url:
-        browser.get(f"{url}/neuron/0/20")
+        goto(browser, f"{url}/neuron/0/20", "#label-form")
         results = browser.execute_async_script("""
             const done = arguments[arguments.length - 1];
             const api = document.getElementById('label-form').getAttribute('data-api');
@@ -95,7 +94,7 @@ def test_50_concurrent_label_writes_lose_nothing(browser, book_path):
             Promise.all(posts).then(done, e => done(String(e)));
         """)
         assert results == [200] * 50
-        browser.refresh()
+        goto(browser, f"{url}/neuron/0/20", "#label")
         shown = _by_id(browser, "label").get_attribute("value")
     book = Book.open(book_path)
     hist = book.label_history("neuron", 0, 20)
@@ -110,14 +109,12 @@ def test_index_renders_and_navigates(browser, book_path):
     from selenium.webdriver.common.by import By
 
     with live_server(create_app(Book.open(book_path))) as url:
-        browser.get(url + "/")
-        rows = browser.find_elements(By.CSS_SELECTOR, "#units tbody tr")
+        rows = goto(browser, url + "/", "#units tbody tr")
         assert len(rows) == 64 + 4
         browser.find_element(By.LINK_TEXT, "H0.3").click()
         _wait(browser, lambda d: d.current_url.endswith("/head/0/3"))
-        assert _by_id(browser, "unit-key").text == "H0.3"
-        browser.get(url + "/neuron/0/999")
-        assert "no neuron 999" in _by_id(browser, "error-message").text
+        assert wait_css(browser, "#unit-key")[0].text == "H0.3"
+        assert "no neuron 999" in goto(browser, url + "/neuron/0/999", "#error-message")[0].text
 
 
 def test_static_export_browses_from_disk(browser, book_path, tmp_path):
@@ -128,18 +125,18 @@ def test_static_export_browses_from_disk(browser, book_path, tmp_path):
     Book.open(book_path).set_label("neuron", 0, 33, label="article detector", status="supported")
     out = tmp_path / "site"
     export_site(Book.open(book_path, readonly=True), out, progress=False)
-    browser.get((out / "index.html").as_uri())
+    goto(browser, (out / "index.html").as_uri(), "#units tbody tr")
     visible = lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#units tbody tr") if r.is_displayed()]  # noqa: E731
     assert len(visible()) == 64 + 4
     browser.find_element(By.ID, "q").send_keys("article")  # filters in the page, no server
     assert [r.find_element(By.TAG_NAME, "a").text for r in visible()] == ["N0.33"]
     assert browser.find_element(By.ID, "shown-count").text == "1"
     browser.find_element(By.LINK_TEXT, "N0.33").click()
-    assert browser.current_url.endswith("/neuron/0/33.html")
-    assert browser.find_element(By.ID, "label-text").text == "article detector"
+    _wait(browser, lambda d: d.current_url.endswith("/neuron/0/33.html"))
+    assert wait_css(browser, "#label-text")[0].text == "article detector"
     assert browser.execute_script("return getComputedStyle(document.body).margin") == "0px"  # stylesheet loaded
     browser.find_element(By.ID, "next").click()
-    assert browser.current_url.endswith("/neuron/0/34.html")
-    browser.get((out / "neuron" / "0" / "7.html").as_uri())  # the markup label, from disk
+    _wait(browser, lambda d: d.current_url.endswith("/neuron/0/34.html"))
+    goto(browser, (out / "neuron" / "0" / "7.html").as_uri(), "#label-text")  # the markup label, from disk
     assert browser.execute_script("return window.cbPwned === undefined")
     assert browser.find_element(By.ID, "label-text").text == XSS

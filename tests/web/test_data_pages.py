@@ -15,7 +15,7 @@ from circuitbook.book import Book
 from circuitbook.book import scan as scan_book
 from circuitbook.web import create_app, export_site
 
-from .conftest import live_server
+from .conftest import goto, live_server, wait_css
 
 MARKUP_STORY = ("Tom saw a sign that said <script>window.cbPwned=1</script> and <b>bold</b> & "
                 "<img src=x onerror=\"window.cbPwned=2\">. He was happy.")
@@ -109,8 +109,7 @@ def test_corpus_markup_is_shown_as_text(browser, markup_book):
     unit = next(i for i in range(book.config["d_mlp"])
                 if any(e.story == 2 and "<script>" in e.text(book) for e in scan_book.top_examples(book, "neuron", 0, i)))
     with live_server(create_app(book)) as url:
-        browser.get(f"{url}/neuron/0/{unit}")
-        text = browser.find_element(By.CSS_SELECTOR, "#sec-scan").text
+        text = goto(browser, f"{url}/neuron/0/{unit}", "#sec-scan")[0].text
         shown = [e.text(book) for e in scan_book.top_examples(book, "neuron", 0, unit) if e.story == 2]
         assert any("<script>" in t for t in shown) and "<script>" in text
         assert browser.execute_script("return window.cbPwned === undefined")

@@ -12,7 +12,7 @@ from circuitbook.book import Book
 from circuitbook.graph import ablate, attribute, predict, to_json
 from circuitbook.web import create_app
 
-from .conftest import live_server
+from .conftest import goto, live_server, wait_css
 
 PROMPT = "Once upon a time, there was a little girl named Lily. She"
 
@@ -88,7 +88,7 @@ def test_graph_renders_click_navigates_and_ablation_shows_change(browser, book, 
     neuron = next(n for n in g.nodes if n.kind == "neuron")
     book.set_label("neuron", neuron.layer, neuron.index, label="graph neuron")
     with live_server(create_app(book, model=ts1l)) as url:
-        browser.get(url + "/prompt")
+        goto(browser, url + "/prompt", "#text")
         browser.find_element(By.ID, "text").send_keys(PROMPT)
         browser.find_element(By.ID, "run").click()
         WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#graph svg .cb-node"))
@@ -104,5 +104,5 @@ def test_graph_renders_click_navigates_and_ablation_shows_change(browser, book, 
         # click the node: its neuron page opens
         browser.find_element(By.CSS_SELECTOR, sel).click()
         WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/neuron/{neuron.layer}/{neuron.index}"))
-        assert browser.find_element(By.ID, "unit-key").text == f"N{neuron.layer}.{neuron.index}"
+        assert wait_css(browser, "#unit-key")[0].text == f"N{neuron.layer}.{neuron.index}"
         assert browser.find_element(By.ID, "label").get_attribute("value") == "graph neuron"

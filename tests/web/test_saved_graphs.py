@@ -14,7 +14,7 @@ from circuitbook.graph import ablate
 from circuitbook.graph.saved import load
 from circuitbook.web import create_app
 
-from .conftest import live_server
+from .conftest import goto, live_server, wait_css
 
 PROMPT = "Once upon a time, there was a dog named Lily. She"
 SCREENSHOT = "/tmp/circuitbook-supernode-view.png"
@@ -63,34 +63,24 @@ def test_save_group_hypothesis_test_in_client(book, ts1l, tmp_path):
     assert 'class="cb-node cb-supernode"' in page
 
 
-def _wait_for(browser, css, timeout=60):
-    """The elements matching `css` once a click's form POST has loaded the new page (no implicit waits here)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, css) or False)
-
-
 def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
     from selenium.webdriver.common.by import By
 
     path = tmp_path / "web.db"
     Book.open(path).bind_model(ts1l)
     with live_server(create_app(Book.open(path, create=False), model=ts1l)) as url:
-        browser.get(f"{url}/prompt?text={PROMPT}")
+        goto(browser, f"{url}/prompt?text={PROMPT}", "#save-name", timeout=60)
         browser.find_element(By.ID, "save-name").send_keys("demo")
         browser.find_element(By.ID, "save-prune").click()
         browser.find_element(By.ID, "save-graph").click()
-        assert _wait_for(browser, "#graph-name")[0].text == "demo"
+        assert wait_css(browser, "#graph-name", 60)[0].text == "demo"
         browser.find_element(By.ID, "auto-group").click()
-        assert _wait_for(browser, "#supernodes tr.supernode")
+        assert wait_css(browser, "#supernodes tr.supernode")
         browser.find_element(By.ID, "hyp-text").send_keys("the heads reading ' upon' drive ' was'")
         browser.find_element(By.ID, "hyp-threshold").clear()
         browser.find_element(By.ID, "hyp-threshold").send_keys("0.25")
         browser.find_element(By.ID, "add-hypothesis").click()
-        _wait_for(browser, ".run-test")[0].click()
+        wait_css(browser, ".run-test")[0].click()
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -104,11 +94,10 @@ def test_browser_save_group_annotate_test_restart(browser, tmp_path, ts1l):
         verdict = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,)).until(verdict_of)
         assert verdict in ("supported", "refuted")
         browser.refresh()
-        assert browser.find_element(By.CSS_SELECTOR, ".experiment").text.startswith(verdict)
+        assert wait_css(browser, ".experiment")[0].text.startswith(verdict)
     with live_server(create_app(Book.open(path, create=False), model=ts1l)) as url:  # a server restart
-        browser.get(f"{url}/")
-        browser.find_element(By.CSS_SELECTOR, "a.saved-graph").click()
-        assert _wait_for(browser, "#saved-graph")[0].get_attribute("data-view") == "supernodes"
+        goto(browser, f"{url}/", "a.saved-graph")[0].click()
+        assert wait_css(browser, "#saved-graph")[0].get_attribute("data-view") == "supernodes"
         assert browser.find_elements(By.CSS_SELECTOR, "#saved-graph .cb-supernode")
         assert browser.find_element(By.CSS_SELECTOR, ".experiment").text.startswith(verdict)
         assert "the heads reading" in browser.find_element(By.CSS_SELECTOR, ".hypothesis").text
