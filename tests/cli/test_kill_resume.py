@@ -66,7 +66,7 @@ sys.exit(main(sys.argv[1:]))
 
 # columns that hold wall-clock times (the only thing allowed to differ between two runs)
 TIMES = {"runs": None, "handcraft_evals": {"created"}, "circuit_done": {"at"}, "dictionaries": {"created"},
-         "dictionary_metrics": {"created"}}
+         "dictionary_metrics": {"created"}, "explanation_scores": {"at"}}
 # keys of JSON columns that hold wall-clock figures or how many processes a job took: dictionaries.settings'
 # "trained" summary records this process's seconds, tokens/s and the step it resumed from
 JSON_TIMES = {("dictionaries", "settings"): ("trained", ("seconds", "tokens_per_s", "resumed_from"))}
@@ -201,3 +201,54 @@ def test_dictionary_train_killed_after_storing_finishes_on_rerun(demo_dir, tmp_p
     p, _ = run(DICT_TRAIN(demo_dir, book), tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert dump(book) == dump(ref) and not list(tmp_path.glob("*.pt"))
+
+
+@pytest.fixture(scope="module")
+def explained(demo_dir, tmp_path_factory):
+    """A scanned, explained book of the demo (first 30 stories) and a held-out corpus (the other 30)."""
+    from circuitbook.corpus import SEPARATOR, read_stories
+
+    d = tmp_path_factory.mktemp("explained")
+    book = d / "base.db"
+    for argv in (["scan", str(demo_dir), "--corpus", str(demo_dir / "stories.txt"), "--book", str(book),
+                  "--stories", "30", "--no-progress"], ["explain", str(book), "--no-typing-gate"]):
+        p, _ = run(argv, d)
+        assert p.returncode == 0, p.stderr[-2000:]
+    held = list(read_stories(demo_dir / "stories.txt"))[30:]
+    (d / "heldout.txt").write_text(f"\n{SEPARATOR}\n".join(held) + "\n")
+    return book, d / "heldout.txt"
+
+
+def test_score_sigkill_at_random_points_then_resume_gives_the_same_book(explained, tmp_path):
+    """Kill points: every transaction of `circuitbook score` (open, label import, each journal write of 4
+    finished units, the one that stores the run and empties the journal)."""
+    import shutil
+
+    base, held = explained
+    ref, book = tmp_path / "ref.db", tmp_path / "killed.db"
+    shutil.copy(base, ref)
+    shutil.copy(base, book)
+    argv = lambda b: ["score", str(b), "--corpus", str(held), "--checkpoint-every", "4"]  # noqa: E731
+    p, total = run(argv(ref), tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert total >= 6, total
+    rng = random.Random("score-kills")
+    kills = []
+    for reach in (0.4, 0.7, 1.0):
+        mode, n = rng.choice(["inside", "after"]), 1 + int(rng.random() * reach * total)
+        p, _ = run(argv(book), tmp_path, mode, n)
+        kills.append((mode, n, p.returncode))
+        assert p.returncode in (0, -9), p.stderr[-2000:]
+        if p.returncode == 0:
+            break
+    assert sum(rc == -9 for *_, rc in kills) >= 2, kills
+    if kills[-1][2] == -9:
+        p, _ = run(argv(book), tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+    print(f"score: {total} transactions uninterrupted; kills (mode, n, exit code): {kills}")
+    got, want = dump(book), dump(ref)
+    assert got == want, kills
+    assert len(want["explanation_scores"]) >= 20 and not want["score_journal"]
+    c = sqlite3.connect(f"file:{book}?mode=ro", uri=True)
+    assert c.execute("SELECT count(*) FROM runs WHERE stage = 'score'").fetchone()[0] == 1
+    c.close()

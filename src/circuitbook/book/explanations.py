@@ -14,6 +14,11 @@ Tables (component "explain", version 1):
     scorecards         (id, at, corpus, settings, ce_original, ce_ablated, ce_explained, recovered,
                         n_explained, n_units, groups, curve)
         one row per scorecard run: the whole MLP with explained units simulated and the rest mean-ablated.
+    score_journal      (key, explanation_id, row)   (migration 2)
+        the scores an unfinished ``score`` run has finished, so a killed run resumes: ``key`` names the run
+        (a digest of what it scores, on which stories, with which settings), ``row`` the JSON score row.
+        Emptied in the transaction that stores the run (:func:`store_score_run`); a run with another key
+        clears what an older one left.
 
 Which explanation counts (:func:`current`): a person's (any author other than "auto" / "llm:...") beats
 an LLM's, which beats "auto"; within a rank the newest wins.
@@ -45,6 +50,11 @@ MIGRATIONS = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, corpus TEXT, settings TEXT NOT NULL,
         ce_original REAL, ce_ablated REAL, ce_explained REAL, recovered REAL, n_explained INTEGER,
         n_units INTEGER, groups TEXT NOT NULL, curve TEXT NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE score_journal (
+        key TEXT NOT NULL, explanation_id INTEGER NOT NULL, row TEXT NOT NULL, PRIMARY KEY (key, explanation_id)
     );
     """,
 ]
@@ -114,12 +124,42 @@ def count(book: Book) -> int:
 
 def save_scores(book: Book, run_id: int | None, rows: Iterable[dict]) -> None:
     """rows: {explanation_id, simulation, detection, ablation, carry, n_windows} (None where not scored)."""
-    at = time.time()
     with book.transaction() as c:
-        c.executemany("INSERT INTO explanation_scores (explanation_id, run_id, simulation, detection, ablation, carry, "
-                      "n_windows, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      [(r["explanation_id"], run_id, *finite([r.get("simulation"), r.get("detection"), r.get("ablation"),
-                        r.get("carry")]), r.get("n_windows"), at) for r in rows])
+        _insert_scores(c, run_id, rows)
+
+
+def _insert_scores(c, run_id: int | None, rows: Iterable[dict]) -> None:
+    at = time.time()
+    c.executemany("INSERT INTO explanation_scores (explanation_id, run_id, simulation, detection, ablation, carry, "
+                  "n_windows, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(r["explanation_id"], run_id, *finite([r.get("simulation"), r.get("detection"), r.get("ablation"),
+                    r.get("carry")]), r.get("n_windows"), at) for r in rows])
+
+
+def journal_scores(book: Book, key: str) -> dict[int, dict]:
+    """{explanation id: score row} that an unfinished score run named ``key`` has finished."""
+    return {r["explanation_id"]: json.loads(r["row"]) for r in book.conn.execute(
+        "SELECT explanation_id, row FROM score_journal WHERE key = ?", (key,))}
+
+
+def journal_add(book: Book, key: str, rows: list[dict]) -> None:
+    """Record finished score rows of the run ``key`` (one transaction; drops what other runs left)."""
+    with book.transaction() as c:
+        c.execute("DELETE FROM score_journal WHERE key != ?", (key,))
+        c.executemany("INSERT OR REPLACE INTO score_journal (key, explanation_id, row) VALUES (?, ?, ?)",
+                      [(key, int(r["explanation_id"]), json.dumps(finite(r))) for r in rows])
+
+
+def store_score_run(book: Book, settings: dict, rows: list[dict], summary: dict, key: str | None = None) -> int:
+    """One transaction: a finished ``score`` run with its scores (:func:`save_scores`' rows), and the journal
+    of ``key`` emptied. Returns the run id."""
+    with book.transaction() as c:
+        run_id = book.start_run("score", settings)
+        _insert_scores(c, run_id, rows)
+        book.finish_run(run_id, summary)
+        if key is not None:
+            c.execute("DELETE FROM score_journal WHERE key = ?", (key,))
+    return run_id
 
 
 def latest_scores(book: Book) -> dict[int, dict]:

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation scores")
     p.add_argument("--ablation-tokens", type=int, default=512, help="positions the ablation scores use (default 512)")
     p.add_argument("--kind", action="append", help="only units of this kind (repeatable)")
+    p.add_argument("--checkpoint-every", type=int, default=64, metavar="N",
+                   help="journal finished scores in the book every N units (default 64): a killed run re-run with "
+                        "the same arguments scores only what is left")
     add_scale_args(p, "score the explanations in N shard jobs on an executor (shard i scores explanations i, i+n, "
                    "...), retry failed shards and store one score run (the same scores as one process); finished "
                    "shards wait in BOOK.score-shards/ and a re-run reuses them (see circuitbook/scale/score.py)")
@@ -44,6 +47,10 @@ def main(args) -> int:
     from ..explain.score import ScoreSettings
     from .explain import book_model, open_book
 
+    from ..explain.score import ScoreError
+
+    if args.checkpoint_every < 1:
+        raise ScoreError(f"--checkpoint-every {args.checkpoint_every}: need at least 1 unit")
     book = open_book(args.book)
     model = book_model(args, book)
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size,
@@ -60,7 +67,8 @@ def main(args) -> int:
             print(f"retried: {line}")
         print(f"{info['shards']} shards on {args.executor or 'local'}: {info['reused']} reused, {info['jobs']} jobs run")
     else:
-        r = score_book(book, model, stories(args), st, kinds=args.kind, corpus=label, progress=True)
+        r = score_book(book, model, stories(args), st, kinds=args.kind, corpus=label, progress=True,
+                       checkpoint_every=args.checkpoint_every)
     print(r.summary())
     if not r.held_out.get("checked"):
         print("warning: " + r.held_out["reason"])

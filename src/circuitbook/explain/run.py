@@ -11,6 +11,8 @@ included, see ``labels.py``) on held-out stories and stores the scores.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 
 from tqdm.auto import tqdm
@@ -19,12 +21,13 @@ from ..book import Book
 from ..book import explanations as be
 from ..book import roles as br
 from ..book import scan as bs
+from ..corpus import story_hashes
 from ..units import unit_kind
 from .evidence import ActivationEvidence, output_effects, reader_for
 from .labels import import_labels
 from .program import ProgramError, program_from_dict
 from .propose import ProposeSettings, propose_activation, propose_attention
-from .score import ScoreError, ScoreResult, ScoreSettings, check_held_out, collect, score_units
+from .score import ScoreError, ScoreResult, ScoreSettings, UnitScore, check_held_out, collect, score_units
 from .simulate import Resolver
 
 EXPLAIN_VERSION = 1
@@ -105,9 +108,23 @@ def scoring_items(book: Book, kinds: list[str] | None = None, authors: list[str]
     return items
 
 
+def score_key(fingerprint: str | None, corpus: str | None, stories: list[str], st: ScoreSettings,
+              kinds: list[str] | None, eids: list[int]) -> str:
+    """What names a score run for resuming (book/explanations.py's journal): a digest of the model, the corpus
+    and its stories, the settings, the kinds and the explanations scored."""
+    ident = {"model": fingerprint, "corpus": corpus, "stories": story_hashes(stories), "kinds": sorted(kinds or []),
+             "settings": dataclasses.asdict(st), "explanations": eids}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def score_book(book: Book, model, stories: list[str], settings: ScoreSettings | None = None,
-               kinds: list[str] | None = None, corpus: str | None = None, progress: bool = False) -> ScoreResult:
-    """Score every current explanation on held-out ``stories`` and store the scores (one score run)."""
+               kinds: list[str] | None = None, corpus: str | None = None, progress: bool = False,
+               checkpoint_every: int = 64) -> ScoreResult:
+    """Score every current explanation on held-out ``stories`` and store the scores (one score run).
+
+    Resumable: finished scores are journaled in the book every ``checkpoint_every`` units (whole fast-path
+    chunks); a killed run re-run with the same arguments scores only what is left and stores the same run an
+    uninterrupted one stores (the journal is emptied in the transaction that stores it)."""
     st = settings or ScoreSettings()
     held = check_held_out(book, stories)
     import_labels(book)
@@ -115,10 +132,22 @@ def score_book(book: Book, model, stories: list[str], settings: ScoreSettings | 
     if not items:
         raise ScoreError(f"{book.path} has no explanations with a program to score: run `circuitbook explain` first")
     R = resolver_for(book)
+    key = score_key(model.fingerprint(), corpus, stories, st, kinds, [it[3] for it in items])
+    done = {eid: UnitScore(**row) for eid, row in be.journal_scores(book, key).items()}
     ho = collect(model, stories, {(k, l) for k, l, *_ in items}, st, progress)
-    run_id = book.start_run("score", {"settings": dataclasses.asdict(st), "corpus": corpus, "held_out": held})
-    scores, extra, l_orig = score_units(model, ho, items, R, st, progress)
-    be.save_scores(book, run_id, [s.to_row() for s in scores])
+    buf: list[dict] = []
+
+    def record(scores) -> None:
+        buf.extend(s.to_row() for s in scores)
+        if len(buf) >= checkpoint_every:
+            be.journal_add(book, key, buf)
+            buf.clear()
+
+    scores, extra, l_orig = score_units(model, ho, items, R, st, progress, done=done, record=record)
     res = ScoreResult(scores, ho.forwards + extra, ho.forwards, held, l_orig)
-    book.finish_run(run_id, {"n": len(scores), "forwards": res.forwards, "batches": res.batches})
+    summary = {"n": len(scores), "forwards": res.forwards, "batches": res.batches}
+    if done:
+        summary["resumed"] = len(done)
+    be.store_score_run(book, {"settings": dataclasses.asdict(st), "corpus": corpus, "held_out": held},
+                       [s.to_row() for s in scores], summary, key)
     return res

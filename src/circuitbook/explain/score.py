@@ -358,8 +358,15 @@ def simulate_unit(prog, kind: str, ho: HeldOut, R: Resolver) -> np.ndarray:
 
 
 def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSettings,
-                progress: bool = False) -> tuple[list[UnitScore], int, float | None]:
-    """items: (kind, layer, idx, explanation_id, author, program). Returns (scores, extra forwards, L_orig)."""
+                progress: bool = False, done: dict[int, UnitScore] | None = None,
+                record=None) -> tuple[list[UnitScore], int, float | None]:
+    """items: (kind, layer, idx, explanation_id, author, program). Returns (scores, extra forwards, L_orig).
+
+    Resuming: ``done`` {explanation id: its score} from an interrupted run of the same items is taken as is;
+    ``record(scores)`` is called with each group of scores as it becomes final (a unit scored alone, or a
+    whole fast-path chunk), so what a killed run recorded is whole chunks from the first on, and the units
+    left form the very chunks an uninterrupted run forms (the figures are identical)."""
+    done = done or {}
     rng = np.random.default_rng(st.seed + 1)
     rand = rng.choice(ho.n_windows, min(st.n_random, ho.n_windows), replace=False)
     out: list[UnitScore] = []
@@ -371,6 +378,9 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
         l_orig = forward_loss(model, ho, None)
         extra += 1
     for kind, layer, idx, eid, author, prog in tqdm(items, desc="score", unit="unit", disable=not progress):
+        if eid in done:
+            out.append(done[eid])
+            continue
         spec = unit_kind(kind)
         sim_full = simulate_unit(prog, kind, ho, R)
         if spec.stats == "activation":
@@ -381,6 +391,7 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
         us = UnitScore(kind, layer, idx, eid, author, sc["simulation"], sc["detection"], None, None, sc["n_windows"])
         out.append(us)
         if not st.ablation:
+            _record(record, [us])
             continue
         mean = ho.means[(kind, layer)][idx]
         if fast_path(kind, layer, cfg):
@@ -393,7 +404,7 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
             row = spec.write_weights(model.weights, layer, idx).float().reshape(1, -1)
             pending_fast.append((len(out) - 1, row, d_mean, d_sim))
             if len(pending_fast) >= st.unit_chunk:
-                _flush(model, ho, pending_fast, out, l_orig)
+                _flush(model, ho, pending_fast, out, l_orig, record)
         else:
             acc = access(kind)
             tok = ho.tokens[ho.abl_seqs]
@@ -408,12 +419,18 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
             l_sim, l_mean = forward_loss(model, ho, iv_sim), forward_loss(model, ho, iv_mean)
             extra += 2
             us.ablation, us.carry = recovered(l_mean, l_sim, l_orig), l_mean - l_orig
+            _record(record, [us])
     if pending_fast:
-        _flush(model, ho, pending_fast, out, l_orig)
+        _flush(model, ho, pending_fast, out, l_orig, record)
     return out, extra, l_orig
 
 
-def _flush(model, ho, pending, out, l_orig) -> None:
+def _record(record, scores: list[UnitScore]) -> None:
+    if record is not None:
+        record(scores)
+
+
+def _flush(model, ho, pending, out, l_orig, record=None) -> None:
     rows = torch.cat([p[1] for p in pending])
     d_mean = torch.stack([p[2] for p in pending])
     d_sim = torch.stack([p[3] for p in pending])
@@ -424,4 +441,5 @@ def _flush(model, ho, pending, out, l_orig) -> None:
     l0 = ho.fast_orig
     for (j, *_), m, s in zip(pending, lm.tolist(), ls.tolist()):
         out[j].ablation, out[j].carry = recovered(m, s, l0), m - l0
+    _record(record, [out[j] for j, *_ in pending])
     pending.clear()

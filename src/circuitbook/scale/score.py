@@ -145,11 +145,10 @@ def scale_score(book, model, model_spec: dict, corpus: str, settings=None, *, sh
     forwards = sum(o["forwards"] for o in outs)
     batches = max(o["batches"] for o in outs)
     l_orig = next((o["ce_original"] for o in outs if o["ce_original"] is not None), None)
-    run_id = book.start_run("score", {"settings": dataclasses.asdict(st), "corpus": label, "held_out": held})
-    be.save_scores(book, run_id, [s.to_row() for s in scores])
-    book.finish_run(run_id, {"n": len(scores), "forwards": forwards, "batches": batches, "shards": shards,
-                             "executor": executor, "reused": reused, "jobs": ran,
-                             "seconds": round(time.time() - t0, 3)})
+    be.store_score_run(book, {"settings": dataclasses.asdict(st), "corpus": label, "held_out": held},
+                       [s.to_row() for s in scores],
+                       {"n": len(scores), "forwards": forwards, "batches": batches, "shards": shards,
+                        "executor": executor, "reused": reused, "jobs": ran, "seconds": round(time.time() - t0, 3)})
     shutil.rmtree(score_dir(book.path), ignore_errors=True)  # stored: the shard files, specs and logs go
     return ScoreResult(scores, forwards, batches, held, l_orig), {"shards": shards, "reused": reused, "jobs": ran,
                                                                   "failures": failures}

@@ -51,8 +51,24 @@ def write_progress(path: str | Path, info: dict) -> None:
     os.replace(tmp, path)
 
 
+def limit_threads(n: int | None) -> None:
+    """Give numba's pool n threads: it is sized from NUMBA_NUM_THREADS when numba is first imported, and a
+    later numba.set_num_threads did not keep it from oversubscribing the cores (two shard processes on 2
+    cores ran at a third of their speed), so set it before anything imports numba; where numba is already
+    loaded (a reused Ray worker) set_num_threads is what is left."""
+    if not n:
+        return
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(int(n))
+
+
 def run_shard(spec: dict) -> dict:
     """Run one shard job: ``spec["job"]`` "scan" (the default) or "score" (scale/score.py). Raises on failure."""
+    limit_threads(spec.get("threads"))
     job = spec.get("job", "scan")
     if job == "score":
         from .score import run_score_shard

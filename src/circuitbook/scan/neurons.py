@@ -176,6 +176,7 @@ class NeuronAccumulator:
             self._update_fused_locked(acts, ctx, K)
 
     def _update_fused_locked(self, acts: Tensor, ctx: BatchContext, K) -> None:
+        K.threads(torch.get_num_threads())  # numba's own pool follows torch's count (a shard job has fewer cores)
         B, T, n = acts.shape
         M = len(ctx.rows)
         K.threads(torch.get_num_threads())
