@@ -16,7 +16,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 # Data flows one way: a stage imports only stages to its left, plus book/ (storage) and the shared leaves.
 RANK = {"model": 1, "corpus": 1, "scan": 2, "circuits": 3, "roles": 4, "book": 5, "graph": 6, "handcraft": 6,
-        "web": 7, "demo": 8, "cli": 9}
+        "dictionary": 7, "explain": 7, "scale": 8, "web": 8, "demo": 9, "cli": 10}
 LEAVES = {"errors", "units", "progress", "tune"}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CircuitbookError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+from ..model.load import DTYPES  # noqa: F401  (re-exported: commands read it from here)
 
 
 def add_model_args(p, required: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 from .config import ConfigError, ModelConfig, parse_hf_config, read_config
 from .forward import hook_names, log_probs, run
-from .load import Model, ModelLoadError, from_hf_model, load_model, save_hf
+from .load import DTYPES, Model, ModelLoadError, from_hf_model, load_model, save_hf
 from .tokenizer import Tokenizer
 from .weights import Weights, from_hf_state_dict, to_hf_state_dict, to_hooked_transformer, to_transformer_lens
 

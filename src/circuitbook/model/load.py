@@ -136,6 +136,10 @@ def _resolve(source: str) -> Path:
     return local
 
 
+# compute dtypes by the names the CLI and shard specs use
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
 def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
     """Load GPT-Neo, GPT-2 or Llama from an HF-format directory or a hub id.
 

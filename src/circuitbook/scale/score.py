@@ -159,10 +159,9 @@ def run_score_shard(spec: dict) -> dict:
     import torch
 
     from ..book import Book
-    from ..cli._common import DTYPES
     from ..explain.run import resolver_for, scoring_items
     from ..explain.score import ScoreSettings, collect, score_units
-    from ..model import load_model
+    from ..model import DTYPES, load_model
     from .worker import kill_after, write_progress
 
     i, n = spec["shard"]

@@ -83,9 +83,8 @@ def run_scan_shard(spec: dict) -> dict:
     """Scan one shard into its book; returns the ScanSummary as a dict. Raises on failure."""
     import torch
 
-    from ..cli._common import DTYPES
     from ..corpus import using_encoding
-    from ..model import load_model
+    from ..model import DTYPES, load_model
     from ..scan import ScanSettings, scan_corpus
 
     i, n = spec["shard"]
