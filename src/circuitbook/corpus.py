@@ -5,7 +5,13 @@ Formats (``fmt`` or guessed from the path):
     the format of roneneldan/TinyStories' TinyStories-valid.txt; chosen for a .txt that contains the separator;
   * ``text`` — any other plain text file: stories are blocks separated by one or more blank lines;
   * ``jsonl`` — one JSON object per line with a "text" (or "story") field;
-  * ``hf:NAME[:SPLIT[:FIELD]]`` — a Hugging Face dataset (needs the ``datasets`` extra).
+  * ``parquet`` — a .parquet file with a "text" (or "story") string column (the format of the Hugging Face
+    hub's dataset files), read one record batch at a time with pyarrow (the ``datasets`` extra);
+  * ``hf:NAME[:SPLIT[:FIELD]]`` — a Hugging Face dataset, streamed (``datasets.load_dataset(...,
+    streaming=True)``): a hub id such as ``hf:roneneldan/TinyStories:validation``, or a local dataset
+    directory (``hf:/data/tinystories:train``: parquet / JSON files, read offline).
+
+Every format is streamed: a story at a time, never the whole corpus in memory.
 
 Files are decoded strictly as UTF-8 (a BOM is dropped) unless another encoding is asked for (the
 ``encoding`` argument, or :func:`using_encoding` around a whole command: the CLI's ``--encoding``).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 from .errors import CircuitbookError
 
+import atexit
 import codecs
 import contextlib
 import contextvars
@@ -31,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -46,9 +54,15 @@ class CorpusError(CircuitbookError, ValueError):
     """The corpus cannot be read or holds no stories."""
 
 
+PARQUET_BATCH = 1024  # rows per record batch read from a parquet file (bounds memory)
+TEXT_FIELDS = ("text", "story")  # the column / key a story is read from, first present wins
+
+
 def _guess_format(path: Path, encoding: str = "utf-8") -> str:
     if path.suffix in (".jsonl", ".ndjson"):
         return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
     with open(path, encoding=_codec(encoding), errors="replace") as f:
         head = f.read(1 << 20)
     return "tinystories" if SEPARATOR in head else "text"
@@ -130,8 +144,16 @@ def check_corpus(source: str | Path, fmt: str | None = None, encoding: str | Non
     hf: datasets are checked only for the ``datasets`` package (reading one means downloading it)."""
     src = str(source)
     if src.startswith("hf:"):
-        if len(src) <= 3:
-            raise CorpusError(f"corpus {src!r}: expected hf:NAME[:SPLIT[:FIELD]]")
+        name, _, _ = _hf_spec(src)
+        if _local_dataset(name) and not Path(name).expanduser().is_dir():
+            raise CorpusError(f"corpus {src!r}: {name} is not a dataset directory")
+        return
+    if (fmt or "") == "parquet" or (fmt is None and Path(src).suffix == ".parquet"):
+        _text_file(source, encoding)
+        n = sum(1 for _ in zip(range(min_stories), _parquet_stories(Path(src))))
+        if n < min_stories:
+            raise CorpusError(f"corpus {src} holds {'no' if n == 0 else f'only {n}'} "
+                              f"stor{'y' if n == 1 else 'ies'}" + (f" (need at least {min_stories})" if min_stories > 1 else ""))
         return
     path, enc, codec = _text_file(source, encoding)
     why = _looks_binary(path, codec)
@@ -167,7 +189,38 @@ def read_stories(source: str | Path, fmt: str | None = None, encoding: str | Non
                           f"pass --encoding (e.g. latin-1) if the file is in another encoding") from None
 
 
+def _parquet_stories(path: Path) -> Iterator[str]:
+    """The stories of a parquet file's text column, one record batch (PARQUET_BATCH rows) in memory at a time."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError("parquet corpora need the 'pyarrow' package: pip install 'circuitbook[datasets]'") from None
+    try:
+        f = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise CorpusError(f"corpus {path} is not a readable parquet file: {str(e).splitlines()[0]}") from None
+    names = f.schema_arrow.names
+    field = next((n for n in TEXT_FIELDS if n in names), None)
+    if field is None:
+        raise CorpusError(f"corpus {path}: no {' or '.join(repr(n) for n in TEXT_FIELDS)} column "
+                          f"(columns: {', '.join(names[:10])})")
+    if not pa.types.is_string(f.schema_arrow.field(field).type) and not pa.types.is_large_string(
+            f.schema_arrow.field(field).type):
+        raise CorpusError(f"corpus {path}: column {field!r} holds {f.schema_arrow.field(field).type}, not strings")
+    try:
+        for batch in f.iter_batches(batch_size=PARQUET_BATCH, columns=[field]):
+            for text in batch.column(0).to_pylist():
+                if isinstance(text, str) and text.strip():
+                    yield text.strip()
+    except pa.ArrowException as e:
+        raise CorpusError(f"corpus {path} is not a readable parquet file: {str(e).splitlines()[0]}") from None
+
+
 def _read_file(path: Path, fmt: str, codec: str) -> Iterator[str]:
+    if fmt == "parquet":
+        yield from _parquet_stories(path)
+        return
     if fmt == "jsonl":
         with open(path, encoding=codec) as f:
             for n, line in enumerate(f, 1):
@@ -177,14 +230,14 @@ def _read_file(path: Path, fmt: str, codec: str) -> Iterator[str]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                text = obj.get("text", obj.get("story")) if isinstance(obj, dict) else None
+                text = next((obj[k] for k in TEXT_FIELDS if k in obj), None) if isinstance(obj, dict) else None
                 if not isinstance(text, str):
                     raise CorpusError(f"{path}:{n}: expected an object with a 'text' or 'story' string field")
                 if text.strip():
                     yield text.strip()
         return
     if fmt not in ("tinystories", "text"):
-        raise CorpusError(f"unknown corpus format {fmt!r} (tinystories, text, jsonl, hf:NAME)")
+        raise CorpusError(f"unknown corpus format {fmt!r} (tinystories, text, jsonl, parquet, hf:NAME)")
     buf: list[str] = []
     with open(path, encoding=codec) as f:  # utf-8-sig drops the BOM
         for line in f:
@@ -201,17 +254,63 @@ def _read_file(path: Path, fmt: str, codec: str) -> Iterator[str]:
         yield story
 
 
-def _hf_stories(spec: str) -> Iterator[str]:
+def _hf_spec(spec: str) -> tuple[str, str, str]:
+    """(name or local directory, split, field) of ``hf:NAME[:SPLIT[:FIELD]]``."""
     parts = spec[3:].split(":")
-    name, split, field = parts[0], (parts[1] if len(parts) > 1 else "train"), (parts[2] if len(parts) > 2 else "text")
+    if not parts[0] or len(parts) > 3:
+        raise CorpusError(f"corpus {spec!r}: expected hf:NAME[:SPLIT[:FIELD]]")
+    return parts[0], (parts[1] if len(parts) > 1 and parts[1] else "train"), (parts[2] if len(parts) > 2 and parts[2] else "text")
+
+
+def _local_dataset(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or Path(name).exists()
+
+
+_OPEN_STREAMS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_streams() -> None:
+    """Close dataset streams a reader left unfinished (a scan that stopped at --max-tokens) while the
+    interpreter is still whole: closed during its teardown, ``datasets``' parquet reader aborts the process."""
+    for it in list(_OPEN_STREAMS):
+        with contextlib.suppress(Exception):
+            it.close()
+
+
+def _hf_stories(spec: str) -> Iterator[str]:
+    name, split, field = _hf_spec(spec)
     try:
         import datasets
     except ImportError:
         raise CorpusError("hf: corpora need the 'datasets' package: pip install 'circuitbook[datasets]'") from None
-    for row in datasets.load_dataset(name, split=split, streaming=True):
-        text = row.get(field)
-        if isinstance(text, str) and text.strip():
-            yield text.strip()
+    where = str(Path(name).expanduser()) if _local_dataset(name) else name
+    try:
+        rows = iter(datasets.load_dataset(where, split=split, streaming=True))
+    except Exception as e:  # the hub unreachable, no such dataset or split, unreadable files: one clear line
+        raise _hf_error(spec, split, where, e) from None
+    if hasattr(rows, "close"):
+        _OPEN_STREAMS.add(rows)
+    try:
+        for n, r in enumerate(rows):
+            if n == 0 and field not in r:
+                raise CorpusError(f"corpus {spec!r}: no field {field!r} (fields: {', '.join(list(r)[:10])}); "
+                                  f"name it as hf:NAME:SPLIT:FIELD")
+            text = r.get(field)
+            if isinstance(text, str) and text.strip():
+                yield text.strip()
+    except CorpusError:
+        raise
+    except Exception as e:
+        raise _hf_error(spec, split, where, e) from None
+    finally:
+        if hasattr(rows, "close"):
+            rows.close()
+
+
+def _hf_error(spec: str, split: str, where: str, e: Exception) -> CorpusError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CorpusError(f"corpus {spec!r}: cannot stream split {split!r} of {where}: {msg}")
 
 
 def corpus_hash(source: str | Path) -> str:
