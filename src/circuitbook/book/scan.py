@@ -10,6 +10,9 @@ Schema (component "scan", version 1):
                     tokens (int32 blob), vals (float32 blob)
     scan_token_means (layer, idx, rank) -> token_id, mean, count
     scan_head_pairs  (layer, idx, rank) -> q_token, k_token, mass, count
+    scan_unit_stats  (kind, layer, idx) -> the scan_neurons columns, for the other activation kinds the scan
+                     recorded (dictionary features: ``layer`` is the dictionary's number)   (migration 2)
+    scan_unit_token_means (kind, layer, idx, rank) -> token_id, mean, count: scan_token_means of those kinds
 
 Conventions:
   * an example is a window of ``before + 1 + after`` tokens around a focus token; ``focus`` is the focus's
@@ -73,9 +76,22 @@ MIGRATIONS = [
         PRIMARY KEY (layer, idx, rank)
     );
     """,
+    """
+    CREATE TABLE scan_unit_stats (
+        kind TEXT NOT NULL, layer INTEGER NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL, mean REAL,
+        std REAL, min REAL, max REAL, fire_rate REAL, hist_exp INTEGER, hist TEXT,
+        PRIMARY KEY (kind, layer, idx)
+    );
+    CREATE TABLE scan_unit_token_means (
+        kind TEXT NOT NULL, layer INTEGER NOT NULL, idx INTEGER NOT NULL, rank INTEGER NOT NULL,
+        token_id INTEGER NOT NULL, mean REAL NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (kind, layer, idx, rank)
+    );
+    """,
 ]
 
-RESULT_TABLES = ("scan_neurons", "scan_heads", "scan_examples", "scan_token_means", "scan_head_pairs")
+RESULT_TABLES = ("scan_neurons", "scan_heads", "scan_examples", "scan_token_means", "scan_head_pairs",
+                 "scan_unit_stats", "scan_unit_token_means")
 N_BANDS = 16
 HALF = 64
 
@@ -116,6 +132,16 @@ def insert_examples(conn: sqlite3.Connection, rows) -> None:
 def insert_token_means(conn: sqlite3.Connection, rows) -> None:
     """rows: (layer, idx, rank, token_id, mean, count)."""
     conn.executemany("INSERT INTO scan_token_means VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_unit_stats(conn: sqlite3.Connection, kind: str, rows) -> None:
+    """rows: insert_neurons' rows, for units of another activation kind."""
+    conn.executemany("INSERT INTO scan_unit_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(kind, *r) for r in rows])
+
+
+def insert_unit_token_means(conn: sqlite3.Connection, kind: str, rows) -> None:
+    """rows: insert_token_means' rows, for units of another activation kind."""
+    conn.executemany("INSERT INTO scan_unit_token_means VALUES (?, ?, ?, ?, ?, ?, ?)", [(kind, *r) for r in rows])
 
 
 def insert_heads(conn: sqlite3.Connection, rows) -> None:
@@ -244,6 +270,19 @@ def neuron_stats(book: Book, layer: int, idx: int) -> NeuronStats | None:
                        r["fire_rate"], r["hist_exp"], json.loads(r["hist"]))
 
 
+def unit_stats(book: Book, kind: str, layer: int, idx: int) -> NeuronStats | None:
+    """The activation statistics of a unit of an activation kind: a neuron's (scan_neurons), or those the
+    scan recorded for another kind (scan_unit_stats: dictionary features)."""
+    if kind == "neuron":
+        return neuron_stats(book, layer, idx)
+    r = book.conn.execute("SELECT * FROM scan_unit_stats WHERE kind=? AND layer=? AND idx=?",
+                          (kind, layer, idx)).fetchone()
+    if r is None:
+        return None
+    return NeuronStats(r["layer"], r["idx"], r["count"], r["mean"], r["std"], r["min"], r["max"],
+                       r["fire_rate"], r["hist_exp"], json.loads(r["hist"]))
+
+
 def head_stats(book: Book, layer: int, idx: int) -> HeadStats | None:
     r = book.conn.execute("SELECT * FROM scan_heads WHERE layer=? AND idx=?", (layer, idx)).fetchone()
     if r is None:
@@ -265,11 +304,12 @@ def top_examples(book: Book, kind: str, layer: int, idx: int, k: int | None = No
     return [_example(r) for r in rows]
 
 
-def quantile_examples(book: Book, layer: int, idx: int, per_band: int | None = None) -> dict[int, list[Example]]:
-    """A neuron's sampled examples by activation band: {band column: [examples]}, highest band first.
-    Use :func:`band_range` with the neuron's ``hist_exp`` for each band's value range."""
-    rows = book.conn.execute("SELECT * FROM scan_examples WHERE kind='neuron' AND layer=? AND idx=? "
-                             "AND section='quantile' ORDER BY band DESC, rank", (layer, idx))
+def quantile_examples(book: Book, layer: int, idx: int, per_band: int | None = None,
+                      kind: str = "neuron") -> dict[int, list[Example]]:
+    """A neuron's (or another activation unit's) sampled examples by activation band: {band column:
+    [examples]}, highest band first. Use :func:`band_range` with its ``hist_exp`` for each band's range."""
+    rows = book.conn.execute("SELECT * FROM scan_examples WHERE kind=? AND layer=? AND idx=? "
+                             "AND section='quantile' ORDER BY band DESC, rank", (kind, layer, idx))
     out: dict[int, list[Example]] = {}
     for r in rows:
         lst = out.setdefault(r["band"], [])
@@ -278,12 +318,17 @@ def quantile_examples(book: Book, layer: int, idx: int, per_band: int | None = N
     return out
 
 
-def token_means(book: Book, layer: int, idx: int, k: int | None = None) -> list[TokenMean]:
-    """Tokens with the highest mean activation of the neuron (over their occurrences, which the scan
-    requires to be >= its token_min_count), highest first."""
+def token_means(book: Book, layer: int, idx: int, k: int | None = None, kind: str = "neuron") -> list[TokenMean]:
+    """Tokens with the highest mean activation of the neuron (or another activation unit) over their
+    occurrences (which the scan requires to be >= its token_min_count), highest first."""
     strs = book.token_strs()
-    q = "SELECT token_id, mean, count FROM scan_token_means WHERE layer=? AND idx=? ORDER BY rank"
-    rows = book.conn.execute(q + ("" if k is None else f" LIMIT {int(k)}"), (layer, idx))
+    lim = "" if k is None else f" LIMIT {int(k)}"
+    if kind == "neuron":
+        rows = book.conn.execute("SELECT token_id, mean, count FROM scan_token_means WHERE layer=? AND idx=? "
+                                 "ORDER BY rank" + lim, (layer, idx))
+    else:
+        rows = book.conn.execute("SELECT token_id, mean, count FROM scan_unit_token_means WHERE kind=? AND layer=? "
+                                 "AND idx=? ORDER BY rank" + lim, (kind, layer, idx))
     return [TokenMean(t, strs[t] if t < len(strs) else f"<{t}>", m, c) for t, m, c in rows]
 
 
@@ -344,12 +389,12 @@ class ScanSection:
 
 
 def read_unit(book: Book, kind: str, layer: int, idx: int) -> ScanSection | None:
-    if kind == "neuron":
-        st = neuron_stats(book, layer, idx)
+    if kind != "head":  # neurons, and any other activation kind the scan recorded (dictionary features)
+        st = unit_stats(book, kind, layer, idx)
         if st is None:
             return None
-        return ScanSection(st, top_examples(book, kind, layer, idx), quantile_examples(book, layer, idx),
-                           token_means(book, layer, idx), [], book.token_strs())
+        return ScanSection(st, top_examples(book, kind, layer, idx), quantile_examples(book, layer, idx, kind=kind),
+                           token_means(book, layer, idx, kind=kind), [], book.token_strs())
     st = head_stats(book, layer, idx)
     if st is None:
         return None

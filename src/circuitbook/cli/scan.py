@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--keep-state", action="store_true", help="keep the resumable state (implied by --shard)")
     p.add_argument("--overwrite", action="store_true", help="replace a scan of another model/corpus/settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--features", action="append", metavar="DICTIONARY",
+                   help="also record the features of this dictionary of the book (name or number; repeatable; "
+                        "'all': every one) in the same pass: feature/<number>/<idx> units with the neurons' statistics")
     add_encoding_arg(p)
     add_scale_args(p, "run the scan as N shard jobs on an executor, retry failed shards and merge them into --book "
                    "(identical to a single-process scan); shard books are kept in BOOK.shards/ and a re-run "
@@ -58,10 +61,31 @@ def run(args) -> int:
     model = load(args)
     check_corpus_arg(args)
     Book.check(args.book)
+    sources = _feature_sources(model, args)
     summary = scan_corpus(model, args.corpus, args.book, _settings(args, shard), overwrite=args.overwrite,
-                          keep_state=True if args.keep_state else None, progress=not args.no_progress)
+                          keep_state=True if args.keep_state else None, progress=not args.no_progress,
+                          sources=sources)
     print(summary)
     return 0
+
+
+def _feature_sources(model, args) -> tuple:
+    """Scan sources for --features (read from the book, which must hold the dictionaries)."""
+    if not args.features:
+        return ()
+    from pathlib import Path
+
+    from ..book import Book
+    from ..dictionary.scan import feature_sources
+
+    if not Path(args.book).is_file():
+        raise CircuitbookError(f"--features: {args.book} does not exist (train or import a dictionary into it first: "
+                               f"circuitbook dictionary train / import)")
+    b = Book.open(args.book, create=False, readonly=True)
+    try:
+        return feature_sources(model, b, args.features)
+    finally:
+        b.close()
 
 
 def _settings(args, shard):
@@ -78,13 +102,14 @@ def _run_scaled(args) -> int:
 
     model = load(args)
     check_corpus_arg(args)
+    _feature_sources(model, args)  # a missing or misfit dictionary fails here, before any shard runs
     Book.check(args.book)
     settings = _settings(args, (0, 1))
     opts = executor_options(args)
     summary = scale_scan(model, {"model": args.model, "dtype": args.dtype, "device": args.device}, args.corpus,
                          args.book, settings, shards=args.shards or 2, executor=args.executor or "local",
                          retries=args.retries, opts=opts, overwrite=args.overwrite, encoding=args.encoding,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, features=args.features)
     for line in summary.failures:
         print(f"retried: {line}")
     print(summary)

@@ -27,7 +27,8 @@ def save_to_book(book, name: str, d: Dictionary, settings: dict | None = None, m
     """Store ``d`` under ``name``; returns its number (the ``layer`` slot of its features' addresses)."""
     if book.config is not None:
         check_fits(d, book.config)
-    return bd.save_dictionary(book, name, d.cfg.to_dict(), settings or {}, weights=tensors_to_bytes(d.tensors()),
+    settings = {"dictionary": d.cfg.to_dict(), **(settings or {})}  # what load_from_book rebuilds it from
+    return bd.save_dictionary(book, name, d.cfg.to_dict(), settings, weights=tensors_to_bytes(d.tensors()),
                               model_fingerprint=model.fingerprint() if model is not None else None, corpus=corpus,
                               replace=replace)
 

@@ -69,11 +69,18 @@ def register_access(kind: str, access: Access) -> None:
     ACCESS[kind] = access
 
 
+def scorable(kind: str) -> bool:
+    """Whether the scorer can read the kind's activations: a registered Access, or an activation kind whose
+    tap indexes its units (``unit_axis`` >= 0; a dictionary feature's tap does not)."""
+    spec = unit_kind(kind)
+    return kind in ACCESS or (spec.stats == "activation" and spec.unit_axis >= 0)
+
+
 def access(kind: str) -> Access:
     a = ACCESS.get(kind)
     if a is not None:
         return a
-    if unit_kind(kind).stats == "activation":
+    if scorable(kind):
         return _activation_access(kind)
     from .score import ScoreError
 

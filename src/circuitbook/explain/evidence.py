@@ -130,11 +130,29 @@ def example_evidence(book: Book, kind: str, layer: int, idx: int) -> ActivationE
                               windows, None, None, None, stories)
 
 
+def scanned_evidence(book: Book, kind: str, layer: int, idx: int) -> ActivationEvidence | None:
+    """An activation kind the scan recorded with exact statistics (``scan_unit_stats``: dictionary features
+    scanned with ``--features``): its stats, top and band examples and token means, as for a neuron; output
+    effects where the circuits stage stored them (not for features: their writes go through the dictionary)."""
+    st = bs.unit_stats(book, kind, layer, idx)
+    if st is None:
+        return None
+    exs = bs.top_examples(book, kind, layer, idx)
+    for band in bs.quantile_examples(book, layer, idx, kind=kind).values():
+        exs += band
+    windows, stories = _windows(exs)
+    toks = [(t.token_id, t.mean, t.count) for t in bs.token_means(book, layer, idx, kind=kind)]
+    return ActivationEvidence(UnitRef(kind, layer, idx), st.count, st.mean, st.std, toks, windows, None, None, None,
+                              stories)
+
+
 def reader_for(kind: str) -> Callable[[Book, int, int], object] | None:
-    """The evidence reader of ``kind``: registered, else the example-window fallback for activation kinds."""
+    """The evidence reader of ``kind``: registered, else for activation kinds the scan's exact statistics
+    where it recorded them, else the example-window fallback."""
     fn = EVIDENCE_READERS.get(kind)
     if fn is None and unit_kind(kind).stats == "activation":
-        return lambda book, layer, idx: example_evidence(book, kind, layer, idx)
+        return lambda book, layer, idx: (scanned_evidence(book, kind, layer, idx)
+                                         or example_evidence(book, kind, layer, idx))
     return fn
 
 

@@ -23,6 +23,7 @@ from ..book import roles as br
 from ..book import scan as bs
 from ..corpus import story_hashes
 from ..units import unit_kind
+from .access import scorable
 from .evidence import ActivationEvidence, output_effects, reader_for
 from .labels import import_labels
 from .program import ProgramError, program_from_dict
@@ -95,10 +96,18 @@ def explain_book(book: Book, model=None, settings: ProposeSettings | None = None
 
 
 def scoring_items(book: Book, kinds: list[str] | None = None, authors: list[str] | None = None) -> list[tuple]:
-    """(kind, layer, idx, explanation id, author, program) of every current explanation with a program."""
+    """(kind, layer, idx, explanation id, author, program) of every current explanation with a program, of
+    the kinds the scorer can read (``access.scorable``: not yet dictionary features); asking for a kind it
+    cannot read is a ScoreError."""
+    for k in kinds or ():
+        if not scorable(k):
+            raise ScoreError(f"--kind {k}: the scorer cannot read the activations of {k} units yet "
+                             f"(explanations of them are stored, not scored)")
     items = []
     for (kind, layer, idx), e in sorted(be.current(book).items()):
         if e["program"] is None or (kinds and kind not in kinds) or (authors and e["author"] not in authors):
+            continue
+        if not scorable(kind):
             continue
         try:
             prog = program_from_dict(e["program"], f"explanation {e['id']}")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..scan import ScanSettings, merge_books
-from ..scan.run import held_identity, resolve_settings, scan_identity
+from ..scan.run import _only_sources_differ, held_identity, resolve_settings, scan_identity
 from .coordinate import Tracker, run_rounds, why_pending
 from .executors import ExecutorOptions, ScaleError, make_executor
 
@@ -68,7 +68,8 @@ def _check_book(book: Path, want: dict, overwrite: bool) -> bool:
     same = {k: v for k, v in have.items() if k != "shard"} == {k: v for k, v in want.items() if k != "shard"}
     if same and complete:
         return True
-    if not overwrite:
+    if not overwrite and not _only_sources_differ({k: v for k, v in have.items() if k != "shard"},
+                                                  {k: v for k, v in want.items() if k != "shard"}):
         raise ScaleError(f"{book} already holds a scan with different {_diff(have, want)}; "
                          f"use another book or --overwrite")
     return False
@@ -90,11 +91,13 @@ def _shard_state(path: Path, want: dict, overwrite: bool) -> str:
 
 def scale_scan(model, model_spec: dict, corpus, book: str | Path, settings: ScanSettings | None = None, *,
                shards: int, executor: str = "local", retries: int = 2, opts: ExecutorOptions | None = None,
-               overwrite: bool = False, encoding: str | None = None, progress: bool = True) -> ScaleSummary:
+               overwrite: bool = False, encoding: str | None = None, progress: bool = True,
+               features: list | None = None) -> ScaleSummary:
     """Scan ``corpus`` in ``shards`` shard jobs on ``executor`` and merge them into ``book`` (module doc).
 
     ``model``: the loaded model (for the scan's identity); ``model_spec``: how a worker loads it (model,
-    dtype, device)."""
+    dtype, device); ``features``: names of ``book``'s dictionaries whose features the scan records too
+    (every worker reads them from ``book``, read-only)."""
     if shards < 1:
         raise ScaleError(f"--shards {shards}: need at least 1")
     if retries < 0:
@@ -104,7 +107,7 @@ def scale_scan(model, model_spec: dict, corpus, book: str | Path, settings: Scan
         raise ScaleError("--shards runs every shard itself: leave out --shard")
     book = Path(book)
     t0 = time.time()
-    want = scan_identity(model, corpus, s)
+    want = scan_identity(model, corpus, s, _sources(model, book, features))
     if _check_book(book, want, overwrite):
         return _finish(book, shards, executor, reused=shards, ran=0, failures=[], t0=t0, new_tokens=0)
     idents = {i: {**want, "shard": [i, shards]} for i in range(shards)}
@@ -121,8 +124,9 @@ def scale_scan(model, model_spec: dict, corpus, book: str | Path, settings: Scan
         try:
             tracker.start()
             ran, failures, pending = run_rounds(
-                ex, pending, lambda i, attempt, jobs: _spec(model_spec, corpus, encoding, s, book, i, shards, ex.threads(jobs),
-                                                            overwrite and attempt == 0),
+                ex, pending, lambda i, attempt, jobs: {
+                    **_spec(model_spec, corpus, encoding, s, book, i, shards, ex.threads(jobs), overwrite and attempt == 0),
+                    "features": features or [], "dictionary_book": str(book)},
                 lambda i: _shard_state(shard_book(book, i, shards), idents[i], False) == "done", retries, shards)
         finally:
             tracker.stop()
@@ -145,6 +149,20 @@ def _spec(model_spec: dict, corpus, encoding, s: ScanSettings, book: Path, i: in
     return {**model_spec, "corpus": str(corpus), "encoding": encoding, "settings": fields, "shard": [i, n],
             "book": str(shard_book(book, i, n)), "progress": str(_progress_file(book, i, n)),
             "threads": threads, "overwrite": overwrite, "fingerprint_threads": _torch_threads()}
+
+
+def _sources(model, book: Path, features: list | None) -> tuple:
+    """The scan sources of ``book``'s dictionaries ``features`` (what the coordinator and every worker build)."""
+    if not features:
+        return ()
+    from ..book import Book
+    from ..dictionary.scan import feature_sources
+
+    b = Book.open(book, create=False, readonly=True)
+    try:
+        return feature_sources(model, b, list(features))
+    finally:
+        b.close()
 
 
 def _progress_file(book: Path, i: int, n: int) -> Path:

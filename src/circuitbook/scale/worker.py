@@ -112,10 +112,12 @@ def run_scan_shard(spec: dict) -> dict:
         if kill_at is not None and state["batches"] >= kill_at:
             kill_self(spec["book"], state["batches"])
 
+    from .scan import _sources
+
+    sources = _sources(model, Path(spec["dictionary_book"]), spec.get("features")) if spec.get("features") else ()
     with using_encoding(spec.get("encoding")):
         summary = scan_corpus(model, spec["corpus"], spec["book"], settings, keep_state=True, progress=False,
-                              overwrite=bool(spec.get("overwrite")),
-                              on_batch=on_batch)
+                              overwrite=bool(spec.get("overwrite")), on_batch=on_batch, sources=sources)
     out = {"tokens": summary.tokens, "new_tokens": summary.new_tokens, "seconds": summary.seconds,
            "tokens_per_s": summary.tokens_per_s, "resumed": summary.resumed, "done": True}
     if spec.get("progress"):

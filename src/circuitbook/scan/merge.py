@@ -23,6 +23,7 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
     if not inputs:
         raise ScanError("merge needs at least one shard book")
     shards, states, ident0, first = {}, None, None, None
+    read = []  # each shard's scan_stories: prefixes of the corpus's story hashes, the longest is the whole read
     for p in inputs:
         if not Path(p).exists():
             raise ScanError(f"no book at {p}")
@@ -45,6 +46,7 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
         if (i, n) in shards:
             raise ScanError(f"{p} and {shards[(i, n)]} are both shard {i}/{n}")
         shards[(i, n)] = p
+        read.append(b.get_meta("scan_stories") or [])
         if states is None:
             states = state
         else:
@@ -74,6 +76,9 @@ def merge_books(inputs: list[str | Path], out: str | Path, overwrite: bool = Fal
             if v is not None:
                 ob.set_meta(key, v, c)
         ob.copy_vocab(first, c)
+        stories = max(read, key=len)
+        if stories:  # what held-out checks read (explain/score.py): the stories the whole scan read
+            ob.set_meta("scan_stories", stories, c)
         write_results(c, states, settings)
         save_state(ob, identity, states if keep_state else None, progress, True, c)
     first.close()

@@ -14,6 +14,13 @@ identical to an uninterrupted run. Ctrl-C writes a checkpoint before stopping.
 
 Shards: ``shard=(i, n)`` scans the stories whose index is i mod n; keys keep global story indices, so
 ``merge_books`` over the n shard books gives the single-run book.
+
+Other units: ``sources`` (:class:`UnitSource`, e.g. a stored dictionary's features, built by
+``circuitbook.dictionary.scan``) are recorded in the same pass with the neurons' statistics (one
+NeuronAccumulator each: top and band examples, histogram, mean/std, token means) into ``scan_unit_stats``,
+``scan_unit_token_means`` and ``scan_examples`` under their kind. They are part of the scan's identity
+(resume and merge need the same sources); a book whose finished scan differs from the asked one only in
+its sources is scanned again from the start, no ``--overwrite`` needed (the neurons' tables come out the same).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -116,35 +123,63 @@ class ScanSummary:
                 f"{self.book} ({self.book_bytes / 2**20:.1f} MiB)")
 
 
+# ------------------------------------------------------------------ other units
+@dataclasses.dataclass(frozen=True)
+class UnitSource:
+    """Units the scan records besides the model's neurons and heads (dictionary features).
+
+    ``kind``: a registered unit kind of the "activation" family; ``layer``: the layer slot of its unit
+    addresses (a dictionary's number); ``n``: how many units; ``taps``: the forward taps it reads;
+    ``acts(out)``: the units' activations [batch, pos, n] from the forward's taps ``out`` (every position:
+    the scan counts the real ones); ``identity``: what names it in the scan's identity (JSON-able)."""
+
+    kind: str
+    layer: int
+    n: int
+    taps: tuple[str, ...]
+    acts: Callable[[dict], torch.Tensor]
+    identity: dict
+
+
 # ------------------------------------------------------------------ state
 class ScanState:
-    """All accumulators (one per layer) and progress: seqs done, last (story, window), tokens."""
+    """All accumulators (one per layer) and progress: seqs done, last (story, window), tokens.
+    ``extras``: [(kind, layer, NeuronAccumulator)] of the scan's other sources, in source order."""
 
-    def __init__(self, neurons: list[NeuronAccumulator], heads: list[HeadAccumulator], progress: dict):
+    def __init__(self, neurons: list[NeuronAccumulator], heads: list[HeadAccumulator], progress: dict,
+                 extras: list | None = None):
         self.neurons, self.heads, self.progress = neurons, heads, progress
+        self.extras = extras or []
 
     @classmethod
-    def fresh(cls, cfg, s: ScanSettings, device) -> "ScanState":
+    def fresh(cls, cfg, s: ScanSettings, device, sources: tuple[UnitSource, ...] = ()) -> "ScanState":
         W = s.before + 1 + s.after
         return cls([NeuronAccumulator(cfg.d_mlp, s.k, s.r, W, cfg.d_vocab, device) for _ in range(cfg.n_layers)],
                    [HeadAccumulator(cfg.n_heads, s.k, W, cfg.d_vocab, s.pair_min, device) for _ in range(cfg.n_layers)],
-                   {"sequences": 0, "tokens": 0, "batch": -1})
+                   {"sequences": 0, "tokens": 0, "batch": -1},
+                   [(src.kind, src.layer, NeuronAccumulator(src.n, s.k, s.r, W, cfg.d_vocab, device)) for src in sources])
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        torch.save({"neurons": [a.state() for a in self.neurons], "heads": [a.state() for a in self.heads]}, buf)
+        d = {"neurons": [a.state() for a in self.neurons], "heads": [a.state() for a in self.heads]}
+        if self.extras:
+            d["extras"] = [{"kind": k, "layer": l, "state": a.state()} for k, l, a in self.extras]
+        torch.save(d, buf)
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, blob: bytes, progress: dict, device) -> "ScanState":
         st = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
         return cls([NeuronAccumulator.from_state(x) for x in st["neurons"]],
-                   [HeadAccumulator.from_state(x) for x in st["heads"]], progress)
+                   [HeadAccumulator.from_state(x) for x in st["heads"]], progress,
+                   [(x["kind"], x["layer"], NeuronAccumulator.from_state(x["state"])) for x in st.get("extras", [])])
 
     def merge(self, other: "ScanState") -> None:
         for a, b in zip(self.neurons, other.neurons):
             a.merge(b)
         for a, b in zip(self.heads, other.heads):
+            a.merge(b)
+        for (_, _, a), (_, _, b) in zip(self.extras, other.extras):
             a.merge(b)
         for key in ("sequences", "tokens"):
             self.progress[key] += other.progress[key]
@@ -289,15 +324,22 @@ def resolve_settings(model, settings: ScanSettings | None = None, **overrides) -
     return s
 
 
-def _identity(model, chash: str, s: ScanSettings) -> dict:
-    return {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
-            "dtype": str(model.weights.W_E.dtype), **s.identity()}
+def _identity(model, chash: str, s: ScanSettings, sources: tuple[UnitSource, ...] = ()) -> dict:
+    ident = {"version": SCAN_VERSION, "model": model.fingerprint(), "corpus": chash,
+             "dtype": str(model.weights.W_E.dtype), **s.identity()}
+    if sources:  # absent for a neurons-and-heads scan: books scanned before sources existed still match
+        ident["sources"] = [{"kind": src.kind, "layer": src.layer, "n": src.n, **src.identity} for src in sources]
+    return ident
 
 
-def scan_identity(model, corpus, settings: ScanSettings) -> dict:
+def scan_identity(model, corpus, settings: ScanSettings, sources: tuple[UnitSource, ...] = ()) -> dict:
     """The identity a scan of ``corpus`` with ``model`` and (resolved) ``settings`` records in its book:
     what a resume or a merge must match (scale/ checks shard books against it before running anything)."""
-    return _identity(model, _stories(corpus)[1], settings)
+    return _identity(model, _stories(corpus)[1], settings, tuple(sources))
+
+
+def _only_sources_differ(have: dict, want: dict) -> bool:
+    return {k: v for k, v in have.items() if k != "sources"} == {k: v for k, v in want.items() if k != "sources"}
 
 
 def held_identity(book_path: str | Path) -> tuple[dict, bool] | None:
@@ -314,29 +356,31 @@ def held_identity(book_path: str | Path) -> tuple[dict, bool] | None:
 
 def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings | None = None, *,
                 overwrite: bool = False, keep_state: bool | None = None, progress: bool = True,
-                on_batch=None, **overrides) -> ScanSummary:
+                on_batch=None, sources: tuple[UnitSource, ...] = (), **overrides) -> ScanSummary:
     """Scan ``corpus`` (a path, ``hf:NAME``, or a list of story strings) with ``model`` into ``book``.
 
     ``overrides`` set ScanSettings fields (``scan_corpus(m, path, book, k=16, max_tokens=10_000)``).
     ``keep_state``: keep the resumable state in the book after the scan finished (needed to merge;
     default: only for shards). Raises ScanError / BookError for a book holding another model's or
     corpus's scan (unless ``overwrite``) and for an empty corpus. ``on_batch(progress, new_tokens, seconds)``
-    is called after every batch (scale/ uses it to report a shard's progress and for its fault injection)."""
+    is called after every batch (scale/ uses it to report a shard's progress and for its fault injection).
+    ``sources``: other units recorded in the same pass (module doc)."""
     s = resolve_settings(model, settings, **overrides)
+    sources = tuple(sources)
     cfg = model.cfg
     if model.tokenizer is None or model.tokenizer.bos_id is None:
         raise ScanError("the scan needs the model's tokenizer with a BOS / story separator token "
                         "(every sequence starts with it and position 0 is left out of the statistics)")
     get_stories, chash, desc = _stories(corpus)  # a missing corpus fails before the book is created
     book = book if isinstance(book, Book) else Book.open(book)
-    identity = _identity(model, chash, s)
+    identity = _identity(model, chash, s, sources)
     if keep_state is None:
         keep_state = s.shard[1] > 1
     device = model.weights.W_E.device
 
     prev = load_state(book, device)
     if prev is not None and prev[0] != identity:
-        if not overwrite:
+        if not overwrite and not _only_sources_differ(prev[0], identity):
             raise ScanError(_mismatch(book, prev[0], identity))
     have_fp = book.get_meta("model_fingerprint")
     if have_fp is not None and have_fp != identity["model"] and not overwrite:
@@ -354,12 +398,13 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             store.clear(c)
         state = None
     if state is None:
-        state = ScanState.fresh(cfg, s, device)
+        state = ScanState.fresh(cfg, s, device, sources)
     prog = state.progress
     book.set_meta("scan_corpus", desc)
     run_id = book.start_run("scan", {**identity, "batch_size": s.batch_size, "corpus_path": desc})
 
     taps = [f"blocks.{l}.{n}" for l in range(cfg.n_layers) for n in ("attn.hook_pattern", "mlp.hook_post")]
+    taps += [t for src in sources for t in src.taps if t not in taps]
     bar = None
     if progress:
         from ..progress import progress as progress_bar
@@ -387,6 +432,8 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             for l in reversed(range(cfg.n_layers)):  # newest first: the last MLP output may still be in cache
                 state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
                 state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
+            for src, (_, _, acc) in zip(sources, state.extras):
+                acc.update(src.acts(out), ctx)
             del out
             n_tok = len(ctx.rows)
             prog["sequences"] += len(group)
@@ -477,31 +524,13 @@ def write_results(conn, state: ScanState, s: ScanSettings) -> None:
         a.bands.canonicalize()
     for h in state.heads:
         h.top.canonicalize()
+    for _, _, a in state.extras:
+        a.top.canonicalize()
+        a.bands.canonicalize()
     for l, a in enumerate(state.neurons):
-        mean, std = a.mean_std()
-        fires = a.fire_count()
-        n = a.n
-        store.insert_neurons(
-            conn,
-            [(l, u, a.count, m, sd, lo if a.count else None, hi if a.count else None, f / max(a.count, 1), e,
-              json.dumps(h)) for u, (m, sd, lo, hi, f, e, h) in enumerate(zip(
-                  mean.tolist(), std.tolist(), a.vmin.tolist(), a.vmax.tolist(), fires.tolist(),
-                  a.hist.exp.tolist(), a.hist.counts.tolist()))])
-        k = a.top.k
-        tags = [(u, -1, j) for u in range(n) for j in range(k)]
-        store.insert_examples(conn, _example_rows(
-            "neuron", l, "top", a.top.keys.reshape(-1), a.top.vals.reshape(-1), a.top.extra.reshape(-1),
-            a.top.ctx_tok.reshape(n * k, -1), a.top.ctx_val.reshape(n * k, -1), focus, tags))
-        R = a.bands.r
-        nb = a.bands.pri.shape[1]
-        tags = [(u, b, j) for u in range(n) for b in range(nb) for j in range(R)]
-        store.insert_examples(conn, _example_rows(
-            "neuron", l, "quantile", a.bands.keys.reshape(-1), a.bands.vals.reshape(-1),
-            torch.zeros(n * nb * R, dtype=torch.long), a.bands.ctx_tok.reshape(n * nb * R, -1),
-            a.bands.ctx_val.reshape(n * nb * R, -1), focus, tags))
-        ids, means, counts = a.token_means(s.token_k, s.token_min_count)
-        store.insert_token_means(conn, [(l, u, j, t, m, c) for u, (ti, mi, ci) in enumerate(zip(
-            ids.tolist(), means.tolist(), counts.tolist())) for j, (t, m, c) in enumerate(zip(ti, mi, ci))])
+        _write_activation_units(conn, "neuron", l, a, s)
+    for kind, l, a in state.extras:
+        _write_activation_units(conn, kind, l, a, s)
     for l, h in enumerate(state.heads):
         means = h.means().tolist()
         store.insert_heads(conn, [(l, u, h.count, *means[u]) for u in range(h.n)])
@@ -512,5 +541,41 @@ def write_results(conn, state: ScanState, s: ScanSettings) -> None:
             h.top.ctx_tok.reshape(h.n * k, -1), h.top.ctx_val.reshape(h.n * k, -1), focus, tags))
         store.insert_head_pairs(conn, [(l, u, j, q, kk, m, c) for u in range(h.n)
                                        for j, (q, kk, m, c) in enumerate(h.top_pairs(u, s.pair_k))])
+
+
+def _write_activation_units(conn, kind: str, l: int, a: NeuronAccumulator, s: ScanSettings) -> None:
+    """One activation accumulator's rows: statistics (scan_neurons for neurons, else scan_unit_stats), top and
+    band examples (scan_examples under ``kind``), token means (scan_token_means / scan_unit_token_means)."""
+    focus = s.before
+    mean, std = a.mean_std()
+    fires = a.fire_count()
+    n = a.n
+    rows = [(l, u, a.count, m, sd, lo if a.count else None, hi if a.count else None, f / max(a.count, 1), e,
+             json.dumps(h)) for u, (m, sd, lo, hi, f, e, h) in enumerate(zip(
+                 mean.tolist(), std.tolist(), a.vmin.tolist(), a.vmax.tolist(), fires.tolist(),
+                 a.hist.exp.tolist(), a.hist.counts.tolist()))]
+    if kind == "neuron":
+        store.insert_neurons(conn, rows)
+    else:
+        store.insert_unit_stats(conn, kind, rows)
+    k = a.top.k
+    tags = [(u, -1, j) for u in range(n) for j in range(k)]
+    store.insert_examples(conn, _example_rows(
+        kind, l, "top", a.top.keys.reshape(-1), a.top.vals.reshape(-1), a.top.extra.reshape(-1),
+        a.top.ctx_tok.reshape(n * k, -1), a.top.ctx_val.reshape(n * k, -1), focus, tags))
+    R = a.bands.r
+    nb = a.bands.pri.shape[1]
+    tags = [(u, b, j) for u in range(n) for b in range(nb) for j in range(R)]
+    store.insert_examples(conn, _example_rows(
+        kind, l, "quantile", a.bands.keys.reshape(-1), a.bands.vals.reshape(-1),
+        torch.zeros(n * nb * R, dtype=torch.long), a.bands.ctx_tok.reshape(n * nb * R, -1),
+        a.bands.ctx_val.reshape(n * nb * R, -1), focus, tags))
+    ids, means, counts = a.token_means(s.token_k, s.token_min_count)
+    tm = [(l, u, j, t, m, c) for u, (ti, mi, ci) in enumerate(zip(ids.tolist(), means.tolist(), counts.tolist()))
+          for j, (t, m, c) in enumerate(zip(ti, mi, ci))]
+    if kind == "neuron":
+        store.insert_token_means(conn, tm)
+    else:
+        store.insert_unit_token_means(conn, kind, tm)
 
 assert len(STATS) == 5
