@@ -27,7 +27,7 @@ def book(tmp_path_factory):
 
 
 def test_schema_and_info(book):
-    assert book.schema_versions()["scan"] == 1
+    assert book.schema_versions()["scan"] == 2  # 2: scan_unit_stats, scan_unit_token_means
     info = q.scan_info(book)
     assert info["complete"] and info["identity"]["k"] == 5 and info["progress"]["tokens"] > 0
 
