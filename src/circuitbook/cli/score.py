@@ -51,8 +51,11 @@ def main(args) -> int:
 
     if args.checkpoint_every < 1:
         raise ScoreError(f"--checkpoint-every {args.checkpoint_every}: need at least 1 unit")
+    from ..dictionary.access import register_feature_access
+
     book = open_book(args.book)
     model = book_model(args, book)
+    register_feature_access(model, book)  # the book's dictionary features become scorable
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size,
                        ablation=not args.no_ablation, ablation_tokens=args.ablation_tokens)
     label = f"{args.corpus}#{corpus_hash(args.corpus)}"

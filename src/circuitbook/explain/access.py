@@ -25,8 +25,22 @@ class Access:
     (shaped like read's output) in place of the unit's activation."""
 
     read_tap: Callable[[int], str]
-    read: Callable[[Tensor, int], Tensor]
-    replace: Callable[[int, list[int], list[Tensor]], dict]
+    read: Callable[[Tensor, int], Tensor] | None
+    replace: Callable[[int, list[int], list[Tensor]], dict] | None
+    """None: the scorer cannot splice a replacement in through the forward (only the exact fast path)."""
+    acts: Callable[[dict, int], Tensor] | None = None
+    """For activations computed from taps rather than being one (dictionary features): (the forward's taps,
+    layer) -> [batch, pos, units]. None: ``out[read_tap(layer)]`` with the unit on the kind's ``unit_axis``."""
+    taps: Callable[[int], list[str]] | None = None
+    """The forward taps ``acts`` reads (None: ``[read_tap(layer)]``)."""
+    write_row: Callable[[int, int], Tensor] | None = None
+    """(layer, idx) -> the one residual-stream row ([d_model]) the unit's activation multiplies, for kinds
+    whose units write only that (None: the kind's ``write_weights``)."""
+    write_layer: Callable[[int], int] | None = None
+    """(layer) -> the model layer whose output that row is added to (None: ``layer`` itself)."""
+
+    def tap_list(self, layer: int) -> list[str]:
+        return list(self.taps(layer)) if self.taps is not None else [self.read_tap(layer)]
 
 
 def _activation_access(kind: str) -> Access:

@@ -39,7 +39,7 @@ from ..errors import CircuitbookError
 from ..handcraft.evaluate import recovered
 from ..model import run
 from ..units import unit_kind
-from .access import access, mean_replacement
+from .access import ACCESS, access, mean_replacement
 from .program import ActivationProgram
 from .simulate import Resolver, simulate_activation, simulate_pattern
 
@@ -67,8 +67,23 @@ LINEAR_WRITE = {"neuron"}
 
 def fast_path(kind: str, layer: int, cfg) -> bool:
     """Whether a unit's ablation losses come from the final residual (no forward): a LINEAR_WRITE activation
-    unit of the last layer. score_units batches these unit_chunk at a time (one product per chunk)."""
-    return kind in LINEAR_WRITE and unit_kind(kind).stats == "activation" and layer == cfg.n_layers - 1
+    unit of the last layer, or a unit whose Access gives its one write row into the last layer's output
+    (dictionary features of the last layer's MLP: the error term and the other features are kept). score_units
+    batches these unit_chunk at a time (one product per chunk)."""
+    if unit_kind(kind).stats != "activation":
+        return False
+    a = ACCESS.get(kind)
+    if a is not None and a.write_row is not None:
+        return (a.write_layer(layer) if a.write_layer else layer) == cfg.n_layers - 1
+    return kind in LINEAR_WRITE and layer == cfg.n_layers - 1
+
+
+def write_row(model, kind: str, layer: int, idx: int) -> Tensor:
+    """The fast path's write row of a unit ([1, d_model])."""
+    a = ACCESS.get(kind)
+    if a is not None and a.write_row is not None:
+        return a.write_row(layer, idx).float().reshape(1, -1)
+    return unit_kind(kind).write_weights(model.weights, layer, idx).float().reshape(1, -1)
 
 
 def correlation_score(real, simulated) -> float:
@@ -136,9 +151,16 @@ def collect(model, stories: list[str], kinds_layers: set[tuple[str, int]], st: S
     tokens = np.zeros((n, T), np.int64)
     valid = np.zeros((n, T), bool)
     taps: dict[str, tuple[str, int]] = {}
-    for kind, layer in kinds_layers:
+    computed: dict[tuple[str, int], object] = {}  # activation units an Access computes from taps (features)
+    for kind, layer in sorted(kinds_layers):
         if unit_kind(kind).stats == "activation":
-            taps[access(kind).read_tap(layer)] = (kind, layer)
+            acc = access(kind)
+            if acc.acts is not None:
+                computed[(kind, layer)] = acc
+                for t in acc.tap_list(layer):
+                    taps.setdefault(t, ("", -1))  # read by acc.acts, not stored as is
+            else:
+                taps[acc.read_tap(layer)] = (kind, layer)
         else:
             taps[f"blocks.{layer}.attn.hook_pattern"] = (kind, layer)
             taps[f"blocks.{layer}.attn.hook_result"] = (kind, layer)
@@ -155,7 +177,13 @@ def collect(model, stories: list[str], kinds_layers: set[tuple[str, int]], st: S
         valid[row:row + k, :t] = b.mask.numpy()
         m = b.mask.clone()
         m[:, 0] = False
+        for (kind, layer), acc in computed.items():
+            xs = acc.acts(out, layer).float().cpu()
+            arr = acts.setdefault((kind, layer), np.zeros((n, T, xs.shape[-1]), np.float32))
+            arr[row:row + k, :t] = xs.numpy()
         for tap, (kind, layer) in taps.items():
+            if not kind:
+                continue
             x = out[tap].float().cpu()
             if tap.endswith("hook_pattern"):
                 arr = patterns.setdefault(layer, np.zeros((n, x.shape[1], T, T), np.float16))
@@ -401,10 +429,11 @@ def score_units(model, ho: HeldOut, items: list[tuple], R: Resolver, st: ScoreSe
             keep[:, 0] = True  # BOS keeps its activation
             d_mean = torch.where(keep, 0.0, mean.float() - a_abl)
             d_sim = torch.where(keep, 0.0, s_abl - a_abl)
-            row = spec.write_weights(model.weights, layer, idx).float().reshape(1, -1)
-            pending_fast.append((len(out) - 1, row, d_mean, d_sim))
+            pending_fast.append((len(out) - 1, write_row(model, kind, layer, idx), d_mean, d_sim))
             if len(pending_fast) >= st.unit_chunk:
                 _flush(model, ho, pending_fast, out, l_orig, record)
+        elif access(kind).replace is None:  # no splice through the forward for this kind: no ablation score
+            _record(record, [us])
         else:
             acc = access(kind)
             tok = ho.tokens[ho.abl_seqs]

@@ -170,6 +170,9 @@ def run_score_shard(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     book = Book.open(spec["book"], create=False, readonly=True)
     try:
+        from ..dictionary.access import register_feature_access
+
+        register_feature_access(model, book)  # as the coordinator did: features scorable, same fast-path chunks
         want = spec["identity"]["explanations"]
         items = [it for it in scoring_items(book, spec["kinds"]) if it[3] in set(want)]
         if [it[3] for it in items] != want:
