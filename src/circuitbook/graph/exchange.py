@@ -19,16 +19,16 @@ How our nodes map (``layer`` is the model layer; their frontend orders rows by i
                              is_target_logit, token_prob, clerp 'Output "t" (p=...)'
 
 ``clerp`` is the book's label; ``activation`` our activation; ``influence`` None. Supernodes go to
-``qParams.supernodes`` as [name, member node ids...].
+``qParams.supernodes`` as [name, member node ids...]. :func:`import_graph` reads such a file back as a
+:class:`~.types.Graph` for display: embeddings -> inputs, the target logit -> "logit", every other node ->
+kind "feature" on its layer's MLP row, labelled by its clerp; node values are not in the file (0).
 
 With ``feature_dirs`` (one folder URL per model layer, what :mod:`.feature_files` writes the unit pages
 into) the file points their frontend at those feature files: ``metadata.scan`` is "custom-" + scan and
 ``metadata.transcoder_list[l]`` layer l's folder (their ``init-cg-feature-detail.js`` reads a node's
 feature file from ``transcoder_list[node.layer] + "/" + node.feature + ".json"`` for a "custom-" scan),
 and head / neuron nodes get feature_type "cross layer transcoder", the only type whose feature file that
-panel loads. Node ids, ``feature`` numbers and layers are the same either way. :func:`import_graph` reads such a file back as a
-:class:`~.types.Graph` for display: embeddings -> inputs, the target logit -> "logit", every other node ->
-kind "feature" on its layer's MLP row, labelled by its clerp; node values are not in the file (0).
+panel loads. Node ids, ``feature`` numbers and layers are the same either way.
 """
 
 from __future__ import annotations
