@@ -62,7 +62,8 @@ def register(sub) -> None:
     e.add_argument("--features", metavar="DIR",
                    help="also write circuit-tracer feature files (the book's unit pages) for every head / neuron "
                         "node into DIR (inside OUT's folder), point the graph at them and list it in that "
-                        "folder's graph-metadata.json, so their local frontend opens graph and features")
+                        "folder's graph-metadata.json, so their local frontend opens graph and features; one DIR per "
+                        "graph, e.g. ct/features/NAME")
     i = acts.add_parser("import", help="save a circuit-tracer graph JSON in the book, for display")
     i.add_argument("file")
     i.add_argument("name")

@@ -48,8 +48,9 @@ What each field holds (all from the book; nothing is recomputed):
       act_min 0, act_max 1 (attention weights); histogram, quantile_values []; activation_frequency 1.0
       (a head attends at every query)
 
-A book whose model is not the graph's, or that was never scanned, is refused: the files would describe
-other units. Everything is JSON (no HTML); :func:`dumps` refuses NaN / infinity.
+A head's file depends on the prompt (its top logits are those of the token at its source position), so
+give each graph its own features folder (``features/NAME``). A book whose model is not the graph's, or
+that was never scanned, is refused: the files would describe other units. Everything is JSON (no HTML); :func:`dumps` refuses NaN / infinity.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _examples(book, exs, seen: set) -> list[dict]:
 def _hist(st) -> tuple[list[float], list[float]]:
     """(histogram, quantile_values) of a neuron's scan statistics (module docstring)."""
     counts = list(st.hist_counts or [])
-    if not counts or not sum(counts):
+    if not counts or not sum(counts) or not all(x is not None and math.isfinite(x) for x in (st.min, st.max)):
         return [], []
     edges = st.hist_edges
     w = edges[1] - edges[0]
@@ -234,6 +235,6 @@ def write_for_frontend(book, s, graph_path: str | Path, features_dir: str | Path
             paths.append(p)
         graph_path.write_text(json.dumps(g, allow_nan=False))
         meta_path.write_text(json.dumps({**listing, "graphs": graphs + [g["metadata"]]}, indent=1))
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NaN, which their frontend's JSON parser refuses
         raise FeatureFileError(f"cannot write the frontend files: {e}") from None
     return FrontendExport(g, graph_path, paths, meta_path, prefix)
