@@ -11,7 +11,8 @@ import pytest
 # circuitbook.tune caches its measured kernel choices per machine: the suite keeps its own, not the user's
 os.environ.setdefault("CIRCUITBOOK_CACHE_DIR", tempfile.mkdtemp(prefix="circuitbook-test-cache-"))
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+# ../shared/assets beside the checkout; CIRCUITBOOK_ASSETS names another place (a git worktree elsewhere)
+ASSETS = Path(os.environ.get("CIRCUITBOOK_ASSETS") or Path(__file__).resolve().parents[2] / "shared" / "assets")
 
 
 def asset(*parts: str) -> Path:

@@ -7,7 +7,9 @@
     graphs BOOK hypothesis NAME TEXT (--supernode S | --nodes ID ...) [--how zero|mean|resample|patch|steer]
                 [--expect decrease|increase] --threshold LOGITS [--other PROMPT] [--scale X]
     graphs BOOK test NAME --hypothesis ID --model M                 runs and records the evidence
-    graphs BOOK export NAME OUT.json                                Neuronpedia / circuit-tracer graph JSON
+    graphs BOOK export NAME OUT.json [--features DIR]               Neuronpedia / circuit-tracer graph JSON;
+                                                                    with --features also a feature file per
+                                                                    head / neuron node (the book's scan)
     graphs BOOK import FILE.json NAME                               a circuit-tracer graph JSON, for display
 """
 
@@ -57,6 +59,11 @@ def register(sub) -> None:
     e = acts.add_parser("export", help="write the Neuronpedia / circuit-tracer graph JSON")
     e.add_argument("name")
     e.add_argument("out")
+    e.add_argument("--features", metavar="DIR",
+                   help="also write circuit-tracer feature files (the book's unit pages) for every head / neuron "
+                        "node into DIR (inside OUT's folder), point the graph at them and list it in that "
+                        "folder's graph-metadata.json, so their local frontend opens graph and features; one DIR per "
+                        "graph, e.g. ct/features/NAME")
     i = acts.add_parser("import", help="save a circuit-tracer graph JSON in the book, for display")
     i.add_argument("file")
     i.add_argument("name")
@@ -130,6 +137,16 @@ def run(args) -> int:
         return 0
     from ..graph import exchange
 
+    if args.action == "export" and args.features:
+        from ..graph.feature_files import write_for_frontend
+
+        r = write_for_frontend(book, saved.load(book, args.name), args.out, args.features)
+        print(f"wrote {args.out} ({len(r.graph['nodes'])} nodes, {len(r.graph['links'])} links), "
+              f"{len(r.feature_paths)} feature files under {args.features} ({r.url_prefix}/L<layer>/<feature>.json) "
+              f"and {r.metadata_path.name}")
+        if Path(args.out).name != f"{args.name}.json":
+            print(f"note: circuit-tracer's frontend fetches slug {args.name!r} as {args.name}.json in that folder")
+        return 0
     if args.action == "export":
         d = exchange.export_saved(saved.load(book, args.name), book)
         Path(args.out).write_text(json.dumps(d))

@@ -22,6 +22,13 @@ How our nodes map (``layer`` is the model layer; their frontend orders rows by i
 ``qParams.supernodes`` as [name, member node ids...]. :func:`import_graph` reads such a file back as a
 :class:`~.types.Graph` for display: embeddings -> inputs, the target logit -> "logit", every other node ->
 kind "feature" on its layer's MLP row, labelled by its clerp; node values are not in the file (0).
+
+With ``feature_dirs`` (one folder URL per model layer, what :mod:`.feature_files` writes the unit pages
+into) the file points their frontend at those feature files: ``metadata.scan`` is "custom-" + scan and
+``metadata.transcoder_list[l]`` layer l's folder (their ``init-cg-feature-detail.js`` reads a node's
+feature file from ``transcoder_list[node.layer] + "/" + node.feature + ".json"`` for a "custom-" scan),
+and head / neuron nodes get feature_type "cross layer transcoder", the only type whose feature file that
+panel loads. Node ids, ``feature`` numbers and layers are the same either way.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import math
 from .types import Edge, Graph, GraphError, Node
 
 HEAD_BASE = 1_000_000
+LOADABLE = "cross layer transcoder"  # the feature_type whose feature file their feature panel loads
 
 
 def _ct_id(n: Node, g: Graph) -> tuple[str, int, str, str]:
@@ -45,12 +53,24 @@ def _ct_id(n: Node, g: Graph) -> tuple[str, int, str, str]:
     return f"{n.layer}_{n.index}_{n.pos}", n.index, str(n.layer), f"mlp {n.kind}"
 
 
+def ct_feature(n: Node, g: Graph) -> int:
+    """The ``feature`` number node ``n`` gets in their file (it names the node's feature file)."""
+    return _ct_id(n, g)[1]
+
+
 def export_graph(g: Graph, slug: str, prompt: str, supernodes=(), scan: str = "circuitbook",
-                 token_prob: float | None = None, node_threshold: float | None = None) -> dict:
+                 token_prob: float | None = None, node_threshold: float | None = None,
+                 feature_dirs: list[str] | None = None) -> dict:
+    if feature_dirs is not None:
+        if len(feature_dirs) != g.n_layers:
+            raise GraphError(f"feature_dirs: one folder per layer ({g.n_layers}), not {len(feature_dirs)}")
+        scan = "custom-" + scan
     ids = {}
     nodes = []
     for n in g.nodes:
         nid, feat, layer, ftype = _ct_id(n, g)
+        if feature_dirs is not None and n.kind not in ("input", "logit"):
+            ftype = LOADABLE
         ids[n.id] = nid
         d = {"node_id": nid, "feature": feat, "layer": layer, "ctx_idx": n.pos, "feature_type": ftype,
              "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": nid,
@@ -63,19 +83,20 @@ def export_graph(g: Graph, slug: str, prompt: str, supernodes=(), scan: str = "c
     links = [{"source": ids[e.source], "target": ids[e.target], "weight": e.weight} for e in g.edges
              if e.source in ids and e.target in ids]
     return {
-        "metadata": {"slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": list(g.token_strs),
-                     "prompt": prompt, "node_threshold": node_threshold},
+        "metadata": {"slug": slug, "scan": scan, "transcoder_list": list(feature_dirs or []),
+                     "prompt_tokens": list(g.token_strs), "prompt": prompt, "node_threshold": node_threshold},
         "qParams": {"pinnedIds": [], "supernodes": [[s.name, *[ids[m] for m in s.members]] for s in supernodes],
                     "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes, "links": links,
     }
 
 
-def export_saved(s, book=None) -> dict:
+def export_saved(s, book=None, feature_dirs: list[str] | None = None) -> dict:
     """A :class:`~.saved.SavedGraph` as their graph JSON (slug = its name; scan names the model)."""
     prune = s.settings.get("prune") or {}
     return export_graph(s.graph, s.name, s.prompt, s.supernodes, scan=f"circuitbook:{s.graph.model}",
-                        token_prob=s.settings.get("target_prob"), node_threshold=prune.get("node_share"))
+                        token_prob=s.settings.get("target_prob"), node_threshold=prune.get("node_share"),
+                        feature_dirs=feature_dirs)
 
 
 def import_graph(d: dict) -> Graph:
