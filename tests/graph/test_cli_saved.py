@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from circuitbook.book import Book
 from circuitbook.cli import main
 
@@ -45,6 +47,17 @@ def test_save_prune_group_test_export(ts1l_dir, tmp_path, capsys):
     assert main(["graphs", str(b), "export", "demo", str(j)]) == 0
     d = json.loads(j.read_text())
     assert d["qParams"]["supernodes"] and d["metadata"]["prompt"] == PROMPT
+    # the logit node carries the target's probability, as transformers computes it on the same weights
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logit = next(n for n in d["nodes"] if n["is_target_logit"])
+    hf, tok = AutoModelForCausalLM.from_pretrained(m).eval(), AutoTokenizer.from_pretrained(m)
+    ids = torch.tensor([[tok.bos_token_id] + tok.encode(PROMPT)])
+    with torch.no_grad():
+        probs = hf(ids).logits[0, -1].float().softmax(-1)
+    assert logit["token_prob"] == pytest.approx(float(probs.max()), rel=1e-3)
+    assert f'(p={logit["token_prob"]:.3f})' in logit["clerp"]
     assert main(["graphs", str(b), "import", str(j), "back"]) == 0
     capsys.readouterr()
     assert main(["graphs", str(b), "show", "back"]) == 0

@@ -116,7 +116,7 @@ def run(args) -> int:
         from ..graph.saved import save
 
         save(book, args.save, g, args.prompt, model.fingerprint(), overwrite=args.overwrite,
-             extra_settings={"pool": args.pool} if args.prune else None)
+             extra_settings={"pool": args.pool} if args.prune else None, model=model)
         print(f"saved graph {args.save!r} in {args.book}")
     if r is not None:
         print(f"ablating {', '.join(r.ablations)} ({r.mode}): {r.logit_before:.4f} -> {r.logit_after:.4f} "

@@ -58,13 +58,30 @@ def book_fingerprint(book) -> str:
     return hashlib.sha256(repr(book.results_fingerprint()).encode()).hexdigest()[:16]
 
 
+def target_prob(model, g: Graph) -> float | None:
+    """The model's probability of the graph's target token at its position (None for a logit difference)."""
+    import torch
+
+    from ..model import run
+
+    if g.contrast is not None:
+        return None
+    tokens = torch.as_tensor(g.tokens, dtype=torch.long)[None].to(model.weights.W_E.device)
+    logits = run(model.weights, tokens, ("logits",))["logits"][0, g.pos].float()
+    return float(logits.softmax(-1)[g.target])
+
+
 def save(book, name: str, g: Graph, prompt, model_fingerprint: str | None, overwrite: bool = False,
-         extra_settings: dict | None = None) -> int:
+         extra_settings: dict | None = None, model=None) -> int:
+    """Store ``g`` under ``name``; with ``model``, also the target's probability (``settings["target_prob"]``,
+    what the exchange format's logit node shows)."""
     if not isinstance(prompt, str):  # token ids: shown as their strings
         prompt = "".join(g.token_strs)
     d = to_json(g)
     nodes, edges = d.pop("nodes"), d.pop("edges")
     settings = {**g.settings, "pos": g.pos, "contrast": g.contrast, **(extra_settings or {})}
+    if model is not None:
+        settings["target_prob"] = target_prob(model, g)
     return store.save_graph(book, name, prompt=prompt, target=g.target, settings=settings, meta=d, nodes=nodes,
                             edges=edges, model_fingerprint=model_fingerprint,
                             book_fingerprint=book_fingerprint(book), overwrite=overwrite)

@@ -92,7 +92,7 @@ def add_saved_graph_routes(app: FastAPI, book, site, runner) -> None:
             else:
                 g, extra = r.graph(q), None
             saved.save(book, name, g, q.text, r.model.fingerprint(), overwrite=bool(_one(f, "overwrite")),
-                       extra_settings=extra)
+                       extra_settings=extra, model=r.model)
 
         await run_in_threadpool(work)
         return RedirectResponse(saved_graph_url(name), 303)
