@@ -256,3 +256,50 @@ def test_features_are_scored_and_the_ablation_equals_a_brute_force_forward(sp_de
         assert sc.carry == pytest.approx(l_mean - l_orig, abs=2e-5)
         assert sc.ablation == pytest.approx(recovered(l_mean, l_sim, l_orig), abs=2e-3)
     b.close()
+
+
+def test_feature_scorecard_splices_the_explanations_with_the_error_term_kept(sp_demo, world, tmp_path):
+    """The scorecard of the exact transcoder's features (explanations from their scan): every feature
+    simulated recovers the loss of mean-ablating them all; the all-ablated figure equals a brute-force forward
+    (MLP output + (mean - activation) @ W_dec at every position after BOS); the CLI refuses --kind feature on a
+    book without dictionaries."""
+    from circuitbook.dictionary.access import register_feature_access
+    from circuitbook.explain.access import ACCESS
+    from circuitbook.explain.run import explain_book
+    from circuitbook.explain.score import ScoreSettings, collect
+    from circuitbook.explain.scorecard import scorecard
+    from circuitbook.model import run
+
+    m = sp_demo.model
+    _, corpus, base = world
+    book = _copy(base, tmp_path / "card.db")
+    b = Book.open(book)
+    _scan(m, corpus, b, feature_sources(m, b, ["exact"]))
+    explain_book(b, None, kinds=["feature"])
+    held = sp_demo.stories[60:120]
+    assert register_feature_access(m, b)
+    try:
+        card = scorecard(b, m, held, ScoreSettings(), curve_points=4, kind="feature")
+        ho = collect(m, held, {("feature", 0)}, ScoreSettings())
+    finally:
+        ACCESS.pop("feature", None)
+    assert card.n_explained == 8 and card.n_units == 8
+    assert card.recovered == pytest.approx(1.0, abs=0.05), card.summary()
+    d = exact_transcoder(sp_demo)
+    tot, n = 0.0, 0
+    for s in range(0, ho.tokens.shape[0], 8):
+        tok, val = torch.as_tensor(ho.tokens[s:s + 8]), torch.as_tensor(ho.valid[s:s + 8])
+        a = feature_acts(m, d, tok)
+        mean = torch.as_tensor(ho.acts[("feature", 0)][ho.flat].astype("float64").mean(0)).float()
+        delta = mean - a
+        delta[:, 0] = 0.0
+
+        def fn(x, delta=delta):
+            return x + delta @ d.W_dec.detach()
+        logits = run(m.weights, tok, ("logits",), {"blocks.0.hook_mlp_out": fn})["logits"][:, :-1].float()
+        lp = logits.log_softmax(-1).gather(-1, tok[:, 1:, None])[..., 0]
+        mk = val[:, 1:] & val[:, :-1]
+        tot -= float(lp[mk].double().sum())
+        n += int(mk.sum())
+    assert card.ce_ablated == pytest.approx(tot / n, abs=1e-4)
+    b.close()

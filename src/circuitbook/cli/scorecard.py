@@ -12,6 +12,9 @@ def register(sub) -> None:
     add_scoring_args(p)
     p.add_argument("--curve-points", type=int, default=8, help="points on the units-vs-recovered curve (default 8)")
     p.add_argument("--json", action="store_true", help="print the scorecard as JSON")
+    p.add_argument("--kind", default="neuron", choices=("neuron", "feature"),
+                   help="whose explanations: the MLP's neurons (default) or the book's dictionary features "
+                        "(explained features simulated, the others mean-ablated, the dictionary's error term kept)")
     p.set_defaults(func=main, writes=("book",))
 
 
@@ -24,10 +27,16 @@ def main(args) -> int:
     from .explain import book_model, open_book
     from .score import stories
 
+    from ..dictionary.access import register_feature_access
+
     book = open_book(args.book)
     model = book_model(args, book)
+    if args.kind == "feature" and not register_feature_access(model, book):
+        from ..explain.score import ScoreError
+
+        raise ScoreError(f"{args.book} has no dictionaries: --kind feature needs one (circuitbook dictionary train)")
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size)
     card = scorecard(book, model, stories(args), st, args.curve_points,
-                     corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True)
+                     corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True, kind=args.kind)
     print(json.dumps(card.to_dict(), indent=1) if args.json else card.summary())
     return 0

@@ -50,7 +50,8 @@ def feature_access(model, book) -> Access | None:
     return Access(read_tap=lambda number: dictionary_taps(get(number))[0], read=None, replace=None, acts=acts,
                   taps=lambda number: list(dictionary_taps(get(number))),
                   write_row=lambda number, idx: get(number).W_dec[idx].detach().float(),
-                  write_layer=lambda number: get(number).cfg.layer)
+                  write_layer=lambda number: get(number).cfg.layer,
+                  write_tap=lambda number: f"blocks.{get(number).cfg.layer}.hook_mlp_out")
 
 
 def register_feature_access(model, book) -> bool:

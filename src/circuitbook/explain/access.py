@@ -38,6 +38,9 @@ class Access:
     whose units write only that (None: the kind's ``write_weights``)."""
     write_layer: Callable[[int], int] | None = None
     """(layer) -> the model layer whose output that row is added to (None: ``layer`` itself)."""
+    write_tap: Callable[[int], str] | None = None
+    """(layer) -> the forward tap the units' writes are part of, where a change of activation ``delta``
+    becomes ``+ delta x row`` (the scorecard's splice for kinds with ``write_row``: dictionary features)."""
 
     def tap_list(self, layer: int) -> list[str]:
         return list(self.taps(layer)) if self.taps is not None else [self.read_tap(layer)]

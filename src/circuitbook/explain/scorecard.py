@@ -1,8 +1,10 @@
 """The scorecard: splice every explanation into the model at once and measure the loss it recovers.
 
-Every explained activation unit (an explanation with at least one input clause) has its activation
-replaced by its simulation; every other unit of the same kinds (the whole MLP, and dictionary features
-once registered) is mean-ablated (held-out mean; BOS keeps its activation). Then
+Every explained activation unit (an explanation with at least one input clause) of one kind has its
+activation replaced by its simulation; every other unit of that kind is mean-ablated (held-out mean; BOS
+keeps its activation): for neurons the whole MLP; for dictionary features (``kind="feature"``, their
+Access registered) every feature of the dictionary, each change of activation ``delta`` added to the MLP's
+output as ``delta x W_dec[i]`` — the dictionary's error term is kept in every variant, the baseline too. Then
 
     recovered = recovered(L_all_mean_ablated, L_explained, L_original)     (handcraft.evaluate.recovered)
 
@@ -28,11 +30,11 @@ from ..book import roles as br
 from ..handcraft.evaluate import recovered
 from ..model import run
 from ..units import unit_kind
-from .access import access, merge
+from .access import ACCESS, access, merge
 from .labels import import_labels
 from .program import ActivationProgram
 from .run import resolver_for, scoring_items
-from .score import HeldOut, ScoreSettings, check_held_out, collect
+from .score import HeldOut, ScoreError, ScoreSettings, check_held_out, collect
 from .simulate import simulate_activation
 
 
@@ -48,12 +50,21 @@ def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int) -> float:
         if sims is not None:
             for (kind, layer), acts in ho.acts.items():
                 mean = ho.means[(kind, layer)].float()
+                a = ACCESS.get(kind)
                 ax = unit_kind(kind).unit_axis
                 rep = mean[None, None].expand(tok.shape[0], tok.shape[1], -1).clone()
                 for (k, l, i) in explained:
                     if (k, l) == (kind, layer):
                         rep[..., i] = torch.as_tensor(sims[(k, l, i)][s:s + bs])
                 rep[:, 0] = torch.as_tensor(acts[s:s + bs, 0])  # BOS keeps its activation
+                if a is not None and a.write_row is not None:  # features: + (replacement - activation) @ W_dec
+                    W = _rows(a, layer, acts.shape[-1])
+                    delta = rep - torch.as_tensor(acts[s:s + bs])
+
+                    def add(x, delta=delta, W=W):
+                        return x + (delta.to(W) @ W).to(x)
+                    ivs.append({a.write_tap(layer): add})
+                    continue
 
                 def fn(x, rep=rep, ax=ax):
                     r = rep.to(x)
@@ -65,6 +76,18 @@ def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int) -> float:
         tot -= float(lp[m].double().sum())
         n += int(m.sum())
     return tot / max(n, 1)
+
+
+_ROWS: dict = {}
+
+
+def _rows(a, layer: int, n: int) -> torch.Tensor:
+    """The n write rows [n, d_model] of an Access with write_row (cached per Access and layer)."""
+    key = (id(a), layer)
+    if key not in _ROWS:
+        _ROWS.clear()
+        _ROWS[key] = torch.stack([a.write_row(layer, i).float() for i in range(n)])
+    return _ROWS[key]
 
 
 def _grid(n: int, points: int) -> list[int]:
@@ -106,15 +129,25 @@ class Scorecard:
 
 
 def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | None = None,
-              curve_points: int = 8, corpus: str | None = None, progress: bool = False) -> Scorecard:
+              curve_points: int = 8, corpus: str | None = None, progress: bool = False,
+              kind: str = "neuron") -> Scorecard:
+    """The scorecard of the explanations of ``kind``'s units (module doc): "neuron" (the MLP) or "feature"
+    (a dictionary's features; their Access must be registered: ``dictionary.access``)."""
     st = settings or ScoreSettings()
     st = dataclasses.replace(st, ablation=False)
     held = check_held_out(book, stories)
+    if kind != "neuron" and not any(k == kind for k, _, _ in be.current(book, kind)) and \
+            not any(u.kind == kind for u in book.labelled()):  # refused before anything is written
+        raise ScoreError(f"{book.path} has no explanations of {kind} units: run `circuitbook explain` first")
     import_labels(book)
-    items = [it for it in scoring_items(book) if unit_kind(it[0]).stats == "activation"
+    items = [it for it in scoring_items(book, [kind]) if unit_kind(it[0]).stats == "activation"
              and isinstance(it[5], ActivationProgram) and it[5].clauses]
-    kinds_layers = {(k, l) for k, l, _ in book.units() if unit_kind(k).stats == "activation"
-                    and (k, l) in {(a, b) for a, b, *_ in items}} or {("neuron", l) for l in range(model.cfg.n_layers)}
+    kinds_layers = {(k, l) for k, l, _ in book.units() if k == kind
+                    and (k, l) in {(a, b) for a, b, *_ in items}}
+    if not kinds_layers:
+        if kind != "neuron":
+            raise ScoreError(f"{book.path} has no explanations of {kind} units with an input rule to splice in")
+        kinds_layers = {("neuron", l) for l in range(model.cfg.n_layers)}
     ho = collect(model, stories, kinds_layers, st, progress)
     n_units = sum(ho.acts[kl].shape[-1] for kl in ho.acts)
     R = resolver_for(book)
@@ -165,5 +198,5 @@ def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | N
         reach[str(thr)] = hit[0] if hit else None
     card = Scorecard(ce_o, ce_a, ce_e, recovered(ce_a, ce_e, ce_o), len(items), n_units, groups, curve, reach, held)
     be.save_scorecard(book, card.to_dict(), corpus, {"settings": dataclasses.asdict(st), "curve_points": curve_points,
-                                                     "held_out": held})
+                                                     "held_out": held, "kind": kind})
     return card
