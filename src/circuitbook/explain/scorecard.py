@@ -32,7 +32,7 @@ from .access import access, merge
 from .labels import import_labels
 from .program import ActivationProgram
 from .run import resolver_for, scoring_items
-from .score import HeldOut, ScoreSettings, check_held_out, collect
+from .score import HeldOut, ScoreError, ScoreSettings, check_held_out, collect
 from .simulate import simulate_activation
 
 
@@ -111,6 +111,9 @@ def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | N
     st = dataclasses.replace(st, ablation=False)
     held = check_held_out(book, stories)
     import_labels(book)
+    if not scoring_items(book):
+        raise ScoreError(f"{book.path} has no explanations with a program to splice in: run `circuitbook explain` "
+                         f"first")
     items = [it for it in scoring_items(book) if unit_kind(it[0]).stats == "activation"
              and isinstance(it[5], ActivationProgram) and it[5].clauses]
     kinds_layers = {(k, l) for k, l, _ in book.units() if unit_kind(k).stats == "activation"
