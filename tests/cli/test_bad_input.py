@@ -543,8 +543,18 @@ def _rows_and_non_finite(book: str, table: str) -> tuple[int, list]:
     return len(rows), [(col, x) for r in rows for col, v in zip(cols, r) for x in _floats(v) if not math.isfinite(x)]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """These models are tiny and score runs one small forward per unit: on a busy 2-core machine two intra-op
+    threads waiting for each other cost more than the work (a run took 5 s to 40 s); one thread is steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("kind", DEGENERATE)
-def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys):
+def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys, one_torch_thread):
     """Not bad input: a pruned head, dead neurons, constant embeddings are models people do analyse. Every
     command finishes (exit 0) and writes its book; the all-zero head's 0/0 composition score is 0; explain,
     score (on held-out stories), scorecard and dictionary train store no NaN (0/0 correlations, recovered
