@@ -5,13 +5,15 @@ exactly one line on stderr that names the file (or option) and the problem, no t
 written: the tree of every directory the command could touch is byte-identical before and after (new
 books, changed books, leftover -wal / lock files, half-written outputs all count). A few cases also run
 as real subprocesses (``python -m circuitbook``). Degenerate but valid models (an all-zero head, dead
-neurons, constant embeddings) are not bad input: every command must finish on them (exit 0), never crash.
+neurons, constant embeddings) are not bad input: every command must finish on them (exit 0), never crash,
+and store no NaN. docs/bad-input.md lists every case (a test keeps it complete).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -117,10 +119,47 @@ def world(tmp_path_factory):
     book.set_label("neuron", 0, 1, label="something")
     book.close_all()
     assert main(["circuits", str(m), "--book", str(w / "unlabelled.db"), "--no-progress"]) == 0
+    _newer_commands_world(w, m)
     return w
 
 
+def _newer_commands_world(w: Path, m: Path) -> None:
+    """What the explain / score / scorecard / dictionary / saved-graph cases read: the corpus split into the
+    stories a book's scan reads (fit.txt) and held-out ones (held.txt); a scanned book without explanations,
+    an explained one, a book with a trained dictionary and its SAELens export (plus broken copies of it), a
+    book with a saved graph, and graph JSON files that are not circuit-tracer graphs."""
+    from circuitbook.corpus import read_stories
+    from circuitbook.dictionary import Dictionary, DictionaryConfig
+    from circuitbook.dictionary.formats import save_saelens
+
+    stories = list(read_stories(m / "stories.txt"))
+    (w / "fit.txt").write_text("\n<|endoftext|>\n".join(stories[:30]) + "\n")
+    (w / "held.txt").write_text("\n<|endoftext|>\n".join(stories[30:]) + "\n")
+    assert main(["scan", str(m), "--corpus", str(w / "fit.txt"), "--book", str(w / "scanned.db"), "--k", "4",
+                 "--no-progress"]) == 0
+    shutil.copy(w / "scanned.db", w / "explained.db")
+    assert main(["explain", str(w / "explained.db"), "--model", str(m)]) == 0
+    assert main(["dictionary", "train", str(m), "--corpus", str(w / "fit.txt"), "--book", str(w / "dict.db"),
+                 "--features", "16", "--k", "2", "--tokens", "512", "--batch-size", "128", "--holdout", "5",
+                 "--name", "d", "--no-progress"]) == 0
+    assert main(["dictionary", "export", "--book", str(w / "dict.db"), "--name", "d", "--out", str(w / "sae")]) == 0
+    (w / "sae-nocfg").mkdir()
+    shutil.copy(w / "sae" / "sae_weights.safetensors", w / "sae-nocfg")
+    shutil.copytree(w / "sae", w / "sae-cfg")  # cfg.json says d_in 2 x d_model, the weights say d_model
+    cfg = json.loads((w / "sae-cfg" / "cfg.json").read_text())
+    (w / "sae-cfg" / "cfg.json").write_text(json.dumps({**cfg, "d_in": cfg["d_in"] * 2}))
+    save_saelens(Dictionary(DictionaryConfig("transcoder", 0, cfg["d_in"] * 2, 16, "relu")), w / "sae-wide")
+    shutil.copy(w / "good.db", w / "graphs.db")
+    assert main(["graph", str(m), "Once upon a time", "--book", str(w / "graphs.db"), "--save", "g"]) == 0
+    (w / "notgraph.json").write_text(json.dumps({"nodes": "none"}))
+    (w / "badnodes.json").write_text(json.dumps({"metadata": {"prompt_tokens": ["a"]}, "nodes": ["x"], "links": []}))
+
+
 M, C = "{w}/model", "{w}/model/stories.txt"
+E, H, G = "{w}/explained.db", "{w}/held.txt", "{w}/graphs.db"  # an explained book, its held-out stories, saved graphs
+SMALL = ["--holdout", "5", "--tokens", "512", "--batch-size", "128", "--no-progress"]  # quick if ever not refused
+DT = ["dictionary", "train", M, "--corpus", C, "--book", "{t}/b.db", *SMALL]
+DI = ["dictionary", "import", M, "--book", "{t}/b.db", "--path"]
 CASES = [
     # scan: model, --corpus, --book, options
     ("scan truncated safetensors", ["scan", "{w}/m-trunc", "--corpus", C, "--book", "{t}/b.db"],
@@ -241,6 +280,134 @@ CASES = [
      ["notes.txt", "not a circuitbook book"]),
     ("demo: --out is a file", ["demo", "--out", "{w}/notes.txt"], ["notes.txt", "is a file"]),
     ("merge: a book without a scan", ["merge", "{w}/good.db", "--book", "{t}/m.db"], ["good.db", "holds no scan"]),
+    # explain: the book, --model, --kind
+    ("explain: missing book", ["explain", "{t}/b.db"], ["b.db", "no book"]),
+    ("explain: not a book", ["explain", "{w}/notes.txt"], ["notes.txt", "not a circuitbook book"]),
+    ("explain: another SQLite db", ["explain", "{w}/other.sqlite"], ["other.sqlite", "not a circuitbook book"]),
+    ("explain: a book with no scan", ["explain", "{w}/good.db", "--no-model"], ["good.db", "no scan"]),
+    ("explain: --model of another model", ["explain", "{w}/scanned.db", "--model", "{w}/model2"],
+     ["scanned.db", "describes model"]),
+    ("explain: truncated --model", ["explain", "{w}/scanned.db", "--model", "{w}/m-trunc"],
+     ["m-trunc/model.safetensors", "truncated"]),
+    ("explain: unknown --kind", ["explain", "{w}/scanned.db", "--no-model", "--kind", "nosuchkind"],
+     ["--kind", "nosuchkind"]),
+    # score: the book, --corpus (held out), options
+    ("score: missing book", ["score", "{t}/b.db", "--corpus", H], ["b.db", "no book"]),
+    ("score: another SQLite db", ["score", "{w}/other.sqlite", "--corpus", H], ["other.sqlite", "not a circuitbook"]),
+    ("score: a book without explanations", ["score", "{w}/scanned.db", "--corpus", H],
+     ["scanned.db", "no explanations"]),
+    ("score: corpus overlaps the scanned stories", ["score", E, "--corpus", "{w}/fit.txt"],
+     ["fit.txt", "read by the book's scan"]),
+    ("score: empty corpus", ["score", E, "--corpus", "{w}/empty.txt"], ["empty.txt", "no stories"]),
+    ("score: binary corpus", ["score", E, "--corpus", "{w}/random.txt"], ["random.txt", "not text"]),
+    ("score: Latin-1 corpus", ["score", E, "--corpus", "{w}/latin1.txt"], ["latin1.txt", "byte offset"]),
+    ("score: missing corpus", ["score", E, "--corpus", "{t}/nope.txt"], ["nope.txt", "does not exist"]),
+    ("score: --checkpoint-every 0", ["score", E, "--corpus", H, "--checkpoint-every", "0"], ["--checkpoint-every 0"]),
+    ("score: --stories 0", ["score", E, "--corpus", H, "--stories", "0"], ["--stories 0"]),
+    ("score: --stories -3", ["score", E, "--corpus", H, "--stories", "-3"], ["--stories -3"]),
+    ("score: --window 0", ["score", E, "--corpus", H, "--window", "0"], ["--window 0"]),
+    ("score: --batch-size 0", ["score", E, "--corpus", H, "--batch-size", "0"], ["--batch-size 0"]),
+    ("score: --max-len 1", ["score", E, "--corpus", H, "--max-len", "1"], ["--max-len 1"]),
+    ("score: --ablation-tokens 0", ["score", E, "--corpus", H, "--ablation-tokens", "0"], ["--ablation-tokens 0"]),
+    ("score: unknown --kind", ["score", E, "--corpus", H, "--kind", "nosuchkind"], ["--kind", "nosuchkind"]),
+    ("score: --model of another model", ["score", E, "--corpus", H, "--model", "{w}/model2"],
+     ["explained.db", "describes model"]),
+    ("score: --shards 0", ["score", E, "--corpus", H, "--shards", "0"], ["--shards 0"]),
+    # scorecard
+    ("scorecard: missing book", ["scorecard", "{t}/b.db", "--corpus", H], ["b.db", "no book"]),
+    ("scorecard: a book without explanations", ["scorecard", "{w}/scanned.db", "--corpus", H],
+     ["scanned.db", "no explanations"]),
+    ("scorecard: corpus overlaps the scanned stories", ["scorecard", E, "--corpus", "{w}/fit.txt"],
+     ["fit.txt", "read by the book's scan"]),
+    ("scorecard: empty corpus", ["scorecard", E, "--corpus", "{w}/empty.txt"], ["empty.txt", "no stories"]),
+    ("scorecard: --curve-points 0", ["scorecard", E, "--corpus", H, "--curve-points", "0"], ["--curve-points 0"]),
+    ("scorecard: --stories -1", ["scorecard", E, "--corpus", H, "--stories", "-1"], ["--stories -1"]),
+    # dictionary train: model, --corpus, --book, shape and training options
+    ("dictionary train: --layer out of range", [*DT, "--layer", "5"], ["layer 5", "1 layer"]),
+    ("dictionary train: --features 0", [*DT, "--features", "0"], ["--features 0"]),
+    ("dictionary train: --k larger than --features", [*DT, "--features", "16", "--k", "17"],
+     ["--k 17", "1 <= k <= d_sae (--features 16)"]),
+    ("dictionary train: --k larger than the default width", [*DT, "--k", "9999"], ["k=9999", "d_sae (256)"]),
+    ("dictionary train: --k 0", [*DT, "--k", "0"], ["--k 0"]),
+    ("dictionary train: unknown --kind", [*DT, "--kind", "crosscoder"], ["--kind", "crosscoder"]),
+    ("dictionary train: missing corpus", ["dictionary", "train", M, "--corpus", "{t}/nope.txt", "--book", "{t}/b.db", *SMALL],
+     ["nope.txt", "does not exist"]),
+    ("dictionary train: empty corpus", ["dictionary", "train", M, "--corpus", "{w}/empty.txt", "--book", "{t}/b.db", *SMALL],
+     ["empty.txt", "no stories"]),
+    ("dictionary train: --holdout past the corpus", [*DT, "--holdout", "40"], ["--holdout 40", "40 stories"]),
+    ("dictionary train: --checkpoint-every 0", [*DT, "--checkpoint-every", "0"], ["checkpoint_every", "not 0"]),
+    ("dictionary train: --tokens below one batch", [*DT, "--tokens", "100"], ["tokens (100)", "one batch (128)"]),
+    ("dictionary train: --book is another SQLite db", ["dictionary", "train", M, "--corpus", C, "--book",
+                                                       "{w}/other.sqlite", *SMALL],
+     ["other.sqlite", "not a circuitbook book"]),
+    ("dictionary train: --book of another model", ["dictionary", "train", "{w}/model2", "--corpus", C, "--book",
+                                                   "{w}/dict.db", *SMALL], ["dict.db", "describes model"]),
+    # dictionary eval / export / import
+    ("dictionary eval: unknown --name", ["dictionary", "eval", M, "--book", "{w}/dict.db", "--name", "nope",
+                                         "--corpus", C, "--holdout", "5"], ["nope"]),
+    ("dictionary eval: missing book", ["dictionary", "eval", M, "--book", "{t}/b.db", "--name", "d", "--corpus", C],
+     ["b.db", "no book"]),
+    ("dictionary eval: empty corpus", ["dictionary", "eval", M, "--book", "{w}/dict.db", "--name", "d",
+                                       "--corpus", "{w}/empty.txt"], ["empty.txt", "no stories"]),
+    ("dictionary export: unknown --name", ["dictionary", "export", "--book", "{w}/dict.db", "--name", "nope",
+                                           "--out", "{t}/x"], ["nope"]),
+    ("dictionary export: --out is an existing file", ["dictionary", "export", "--book", "{w}/dict.db", "--name", "d",
+                                                      "--out", "{w}/notes.txt"], ["notes.txt", "is a file"]),
+    ("dictionary export: missing book", ["dictionary", "export", "--book", "{t}/b.db", "--name", "d", "--out",
+                                         "{t}/x"], ["b.db", "no book"]),
+    ("dictionary import: nonexistent --path", [*DI, "{t}/nope"], ["nope", "does not exist"]),
+    ("dictionary import: directory without cfg.json", [*DI, "{w}/sae-nocfg"], ["sae-nocfg", "cfg.json"]),
+    ("dictionary import: d_in != the model's d_model", [*DI, "{w}/sae-wide"], ["d_in=512", "d_model is 256"]),
+    ("dictionary import: cfg.json d_in != its weights", [*DI, "{w}/sae-cfg"],
+     ["sae-cfg/sae_weights.safetensors", "W_enc has shape"]),
+    ("dictionary import: a SAELens directory as --format circuit-tracer", [*DI, "{w}/sae", "--format",
+                                                                           "circuit-tracer", "--layer", "0"],
+     ["{w}/sae", "is a directory, not a .safetensors file"]),
+    ("dictionary import: a SAELens directory as --format sparsify", [*DI, "{w}/sae", "--format", "sparsify",
+                                                                     "--layer", "0"], ["sae/sae.safetensors", "does not exist"]),
+    ("dictionary import: --format sparsify without --layer", [*DI, "{w}/sae", "--format", "sparsify"],
+     ["--layer"]),
+    ("dictionary import: unknown --format", [*DI, "{w}/sae", "--format", "hdf5"], ["--format", "hdf5"]),
+    ("dictionary import: --layer out of range", [*DI, "{w}/sae", "--layer", "7"], ["layer 7"]),
+    ("dictionary import: --book is another SQLite db", ["dictionary", "import", M, "--book", "{w}/other.sqlite",
+                                                        "--path", "{w}/sae"], ["other.sqlite", "not a circuitbook"]),
+    # graph --save and graphs
+    ("graph --save without --book", ["graph", M, "Once upon", "--save", "h"], ["--save needs --book"]),
+    ("graph --save: the name is taken", ["graph", M, "Once upon", "--book", G, "--save", "g"],
+     ["'g'", "already saved"]),
+    ("graph --save: --book of another model", ["graph", "{w}/model2", "Once upon", "--book", G, "--save", "h"],
+     ["graphs.db", "describes model"]),
+    ("graph --save: --book is another SQLite db", ["graph", M, "Once upon", "--book", "{w}/other.sqlite",
+                                                   "--save", "h"], ["other.sqlite", "not a circuitbook book"]),
+    ("graph --save: --token not in the vocabulary", ["graph", M, "Once upon", "--book", G, "--save", "h",
+                                                     "--token", "qqqq zzzz"], ["qqqq zzzz"]),
+    ("graph --save: empty prompt", ["graph", M, "", "--book", G, "--save", "h"], ["prompt"]),
+    ("graphs: missing book", ["graphs", "{t}/b.db", "list"], ["b.db", "does not exist"]),
+    ("graphs: not a book", ["graphs", "{w}/notes.txt", "list"], ["notes.txt", "not a circuitbook book"]),
+    ("graphs show: unknown name", ["graphs", G, "show", "nope"], ["nope"]),
+    ("graphs show: --svg into a missing directory", ["graphs", G, "show", "g", "--svg", "{t}/no/g.svg"], ["g.svg"]),
+    ("graphs show: --json is a directory", ["graphs", G, "show", "g", "--json", "{t}"], ["is a directory"]),
+    ("graphs export: unknown name", ["graphs", G, "export", "nope", "{t}/g.json"], ["nope"]),
+    ("graphs export: OUT in a missing directory", ["graphs", G, "export", "g", "{t}/no/g.json"], ["g.json"]),
+    ("graphs recompute: unknown name", ["graphs", G, "recompute", "nope", "--model", M], ["nope"]),
+    ("graphs recompute: truncated --model", ["graphs", G, "recompute", "g", "--model", "{w}/m-trunc"],
+     ["m-trunc/model.safetensors", "truncated"]),
+    ("graphs group: neither --auto nor --add", ["graphs", G, "group", "g"], ["give --auto or --add"]),
+    ("graphs group: unknown name", ["graphs", G, "group", "nope", "--auto"], ["nope"]),
+    ("graphs group: a node not in the graph", ["graphs", G, "group", "g", "--add", "S", "neuron/9/9/9"],
+     ["neuron/9/9/9"]),
+    ("graphs hypothesis: unknown --how", ["graphs", G, "hypothesis", "g", "it matters", "--supernode", "S",
+                                          "--how", "explode", "--threshold", "1"], ["explode"]),
+    ("graphs hypothesis: unknown supernode", ["graphs", G, "hypothesis", "g", "it matters", "--supernode", "S",
+                                              "--threshold", "1"], ["'S'"]),
+    ("graphs hypothesis: --threshold 0", ["graphs", G, "hypothesis", "g", "it matters", "--supernode", "S",
+                                          "--threshold", "0"], ["threshold", "> 0"]),
+    ("graphs test: unknown --hypothesis", ["graphs", G, "test", "g", "--hypothesis", "99", "--model", M], ["99"]),
+    ("graphs import: file not JSON", ["graphs", G, "import", "{w}/notes.txt", "h"], ["notes.txt"]),
+    ("graphs import: JSON that is not a graph", ["graphs", G, "import", "{w}/notgraph.json", "h"], ["notgraph.json"]),
+    ("graphs import: JSON with malformed nodes", ["graphs", G, "import", "{w}/badnodes.json", "h"],
+     ["badnodes.json", "malformed"]),
+    ("graphs import: missing file", ["graphs", G, "import", "{t}/nope.json", "h"], ["nope.json"]),
 ]
 
 
@@ -267,10 +434,26 @@ def test_bad_input_is_refused_and_writes_nothing(name, argv, must, world, tmp_pa
 
 def test_the_matrix_is_big_enough():
     assert len(CASES) >= 40 and len({c[1][0] for c in CASES}) >= 10
+    assert len({c[0] for c in CASES}) == len(CASES)  # ids are unique (the doc's rows are keyed by them)
+    newer = {"explain", "score", "scorecard", "dictionary", "graphs"}
+    assert {c[1][0] for c in CASES} >= newer | {"graph"}
+    assert {c[1][1] for c in CASES if c[1][0] == "dictionary"} == {"train", "eval", "export", "import"}
+    assert sum(c[1][0] in newer or "--save" in c[1] for c in CASES) >= 24
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
+
+
+def test_every_case_is_in_the_doc():
+    """docs/bad-input.md lists every case (a row starting with its id): a new case needs its row there."""
+    rows = {line.split("|")[1].strip() for line in DOC.read_text().splitlines() if line.startswith("| ")}
+    missing = [c[0] for c in CASES if c[0] not in rows]
+    assert not missing, f"add rows for these cases to {DOC}: {missing}"
 
 
 @pytest.mark.parametrize("name", ["scan truncated safetensors", "scan Latin-1 corpus",
-                                  "handcraft spec: unknown class", "coverage: no labelled units (book unchanged)"])
+                                  "handcraft spec: unknown class", "coverage: no labelled units (book unchanged)",
+                                  "score: corpus overlaps the scanned stories", "dictionary train: unknown --kind"])
 def test_as_a_subprocess(name, world, tmp_path):
     _, argv, must = next(c for c in CASES if c[0] == name)
     before = tree(world, tmp_path)
@@ -328,22 +511,73 @@ def _degenerate(kind: str, demo_dir: Path, out: Path) -> Path:
 DEGENERATE = ["zero head", "dead neurons", "constant embeddings"]
 
 
+def _floats(v):
+    """Every float in a column value: the value itself, or those of the JSON it holds (json reads NaN too)."""
+    if isinstance(v, float):
+        yield v
+    elif isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, float):
+                yield x
+            elif isinstance(x, dict):
+                stack.extend(x.values())
+            elif isinstance(x, list):
+                stack.extend(x)
+
+
+def _rows_and_non_finite(book: str, table: str) -> tuple[int, list]:
+    """(rows in ``table``, every non-finite float in them as (column, value)), REAL and JSON columns alike."""
+    c = sqlite3.connect(f"file:{book}?mode=ro", uri=True)
+    try:
+        cur = c.execute(f"SELECT * FROM {table}")
+        cols = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    finally:
+        c.close()
+    return len(rows), [(col, x) for r in rows for col, v in zip(cols, r) for x in _floats(v) if not math.isfinite(x)]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """These models are tiny and score runs one small forward per unit: on a busy 2-core machine two intra-op
+    threads waiting for each other cost more than the work (a run took 5 s to 40 s); one thread is steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("kind", DEGENERATE)
-def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys):
+def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys, one_torch_thread):
     """Not bad input: a pruned head, dead neurons, constant embeddings are models people do analyse. Every
-    command finishes (exit 0) and writes its book; the all-zero head's 0/0 composition score is 0."""
+    command finishes (exit 0) and writes its book; the all-zero head's 0/0 composition score is 0; explain,
+    score (on held-out stories), scorecard and dictionary train store no NaN (0/0 correlations, recovered
+    fractions of a zero loss gap, FVU of a constant activation...)."""
     from circuitbook.book import Book
     from circuitbook.book import circuits as bc
 
     m = _degenerate(kind, world / "model", tmp_path / "m")
     corpus, book = str(world / "model" / "stories.txt"), str(tmp_path / "b.db")
+    fit, held = str(world / "fit.txt"), str(world / "held.txt")  # the scan reads fit.txt only: held.txt is held out
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"name": "s", "neurons": [{"name": "n", "replaces": 3, "input": ["he", "she"],
                                                           "output": {"promote": ["dog"]}}]}))
-    for argv in (["scan", str(m), "--corpus", corpus, "--book", book, "--no-progress", "--max-tokens", "400"],
+    for argv in (["scan", str(m), "--corpus", fit, "--book", book, "--no-progress", "--max-tokens", "400"],
                  ["circuits", str(m), "--book", book, "--corpus", corpus, "--no-progress", "--stories", "4"],
                  ["type", str(m), "--book", book, "--corpus", corpus, "--min-count", "2", "--max-stories", "10"],
                  ["graph", str(m), "Once upon a time"],
+                 ["explain", book, "--model", str(m)],
+                 ["score", book, "--corpus", held, "--model", str(m), "--stories", "4", "--max-len", "64",
+                  "--ablation-tokens", "32"],  # one ablation forward per unit: keep them small
+                 ["scorecard", book, "--corpus", held, "--model", str(m), "--curve-points", "3"],
+                 ["dictionary", "train", str(m), "--corpus", corpus, "--book", book, "--features", "16", "--k", "2",
+                  "--tokens", "512", "--batch-size", "128", "--holdout", "5", "--no-progress"],
                  ["handcraft", str(spec), "--corpus", corpus, "--book", book, "--stories", "6"]):
         rc = main(argv)
         err = capsys.readouterr().err
@@ -356,3 +590,7 @@ def test_degenerate_models_run_every_command(kind, world, tmp_path, capsys):
     assert v is not None and bool(torch.isfinite(torch.as_tensor(v)).all())
     if kind == "zero head":
         assert float(abs(torch.as_tensor(v)[0, 1]).max()) == 0.0 and float(abs(torch.as_tensor(v)[:, :, 1]).max()) == 0.0
+    b.close_all()
+    for table in ("explanation_scores", "scorecards", "dictionary_metrics"):
+        n, bad = _rows_and_non_finite(book, table)
+        assert n >= 1 and not bad, (kind, table, n, bad)

@@ -288,6 +288,8 @@ class Book:
                 raise BookError(f"directory {path.parent} does not exist")
         elif path.is_dir():
             raise BookError(f"{path} is a directory, not a book file")
+        elif not readonly:
+            cls.check(path)  # never add circuitbook's tables to a file that is not a book (someone else's database)
         book = cls(path, readonly=readonly)
         if not readonly:
             book.migrate()

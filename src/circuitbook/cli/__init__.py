@@ -2,7 +2,9 @@
 
 Each command lives in its own module here and exposes ``register(subparsers)``, which adds a subparser
 whose ``func(args) -> int`` does the work. Errors caused by input (``CircuitbookError``) print one
-line and exit with code 2. ``circuitbook --version`` prints ``circuitbook <version>`` and exits 0.
+line and exit with code 2; so do argument errors (an unknown option or choice, a missing argument: one
+line naming the option, ``main`` returns 2 rather than raising SystemExit). ``circuitbook --version``
+prints ``circuitbook <version>`` and exits 0.
 """
 
 from __future__ import annotations
@@ -29,8 +31,24 @@ def package_version() -> str:
         return __version__
 
 
+class UsageError(Exception):
+    """An argument error argparse found (unknown option or choice, missing or malformed value)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with argument errors raised (UsageError) instead of printing the usage and exiting, so that
+    main reports them as every other bad input: one line, exit code 2. Subparsers are of this class too."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuitbook", description=__doc__.splitlines()[0])
+    p = _Parser(prog="circuitbook", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"circuitbook {package_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -41,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"{e.prog}: error: {' '.join(str(e).splitlines())} (see {e.prog} --help)", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

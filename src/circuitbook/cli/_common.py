@@ -64,6 +64,25 @@ def add_scale_args(p, description: str) -> None:
                    "executor on this machine (also: CIRCUITBOOK_SLURM_LOCAL=1), e.g. to try it without a cluster")
 
 
+def check_scale_args(args) -> None:
+    """Refuse scale-out numbers that cannot work (0 shards would silently mean the default 2)."""
+    for opt, v, least in (("--shards", args.shards, 1), ("--retries", args.retries, 0), ("--workers", args.workers, 1),
+                          ("--ray-cpus", args.ray_cpus, 1), ("--slurm-time", args.slurm_time, 1),
+                          ("--slurm-cpus", args.slurm_cpus, 1)):
+        if v is not None and v < least:
+            raise CircuitbookError(f"{opt} {v}: need at least {least}")
+
+
+def check_output_file(path, option: str) -> None:
+    """Refuse an output file path that cannot be written (a directory, or in a missing directory), before
+    anything is computed or written."""
+    p = Path(path)
+    if p.is_dir():
+        raise CircuitbookError(f"{option} {path}: cannot write it, it is a directory")
+    if not p.parent.is_dir():
+        raise CircuitbookError(f"{option} {path}: cannot write it, directory {p.parent} does not exist")
+
+
 def executor_options(args):
     """scale.ExecutorOptions from the options add_scale_args added."""
     from ..scale import ExecutorOptions

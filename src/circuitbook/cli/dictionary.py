@@ -76,11 +76,17 @@ def run_train(args) -> int:
     from ..dictionary import DictionaryConfig, TrainConfig
     from ..dictionary.run import train_into_book
 
+    if args.features is not None and args.features < 1:
+        raise CircuitbookError(f"--features {args.features}: need at least 1")
+    if args.k is not None and not 1 <= args.k <= (args.features or args.k):
+        raise CircuitbookError(f"--k {args.k}: need 1 <= k <= d_sae (--features {args.features})" if args.features
+                               else f"--k {args.k}: need at least 1")
     model = load(args)
     d_model = model.cfg.d_model
-    features = args.features or 8 * model.cfg.d_mlp
+    features = args.features if args.features is not None else 8 * model.cfg.d_mlp
     act = "relu" if args.l1 is not None else "topk"
-    dcfg = DictionaryConfig(args.kind, args.layer, d_model, features, act, k=(args.k or min(32, features)) if act == "topk" else None)
+    k = (args.k if args.k is not None else min(32, features)) if act == "topk" else None
+    dcfg = DictionaryConfig(args.kind, args.layer, d_model, features, act, k=k)
     tcfg = TrainConfig(tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, dtype=args.train_dtype, seed=args.seed,
                        warmup_steps=args.warmup_steps, dead_tokens=args.dead_tokens, resample_every=args.resample_every,
                        checkpoint_every=args.checkpoint_every, **({"l1_coeff": args.l1} if args.l1 is not None else {}))

@@ -33,8 +33,19 @@ def open_book(path: str):
     return Book.open(path, create=False)
 
 
+def check_kinds(kinds: list[str] | None) -> None:
+    """Refuse a --kind that names no registered unit kind (it would select nothing)."""
+    from ..units import kind_names
+
+    for k in kinds or ():
+        if k not in kind_names():
+            raise CircuitbookError(f"--kind {k!r}: no such unit kind (known: {', '.join(kind_names())})")
+
+
 def book_model(args, book, required: bool = True):
-    """The model named by --model, else the book's model source (None if not required and it fails)."""
+    """The model named by --model, else the book's model source (None if not required and it fails). A model
+    that is not the one the book describes (another fingerprint) is refused, or None when not required."""
+    from ..book import BookError
     from ._common import load
 
     src = args.model or book.get_meta("model_source")
@@ -44,17 +55,25 @@ def book_model(args, book, required: bool = True):
         return None
     args.model = src
     try:
-        return load(args)
+        model = load(args)
     except CircuitbookError:
         if required:
             raise
         return None
+    have = book.get_meta("model_fingerprint")
+    if have is not None and have != model.fingerprint():
+        if required:
+            raise BookError(f"{book.path} describes model {book.get_meta('model_source')!r} (fingerprint {have}), "
+                            f"not {model.source!r} ({model.fingerprint()}): give the book's model as --model")
+        return None
+    return model
 
 
 def main(args) -> int:
     from ..explain.propose import ProposeSettings
     from ..explain.run import explain_book
 
+    check_kinds(args.kind)
     book = open_book(args.book)
     model = None if args.no_model else book_model(args, book, required=args.model is not None)
     st = ProposeSettings(min_corr=args.min_corr, require_typing=not args.no_typing_gate)

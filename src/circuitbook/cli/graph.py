@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_model_args, check_output_file, load
 
 
 def register(sub) -> None:
@@ -49,9 +49,9 @@ def run(args) -> int:
 
     if args.nodes < 1 or args.edges < 0:
         raise CircuitbookError("--nodes must be >= 1 and --edges >= 0")
-    for out in (args.json, args.svg):
-        if out and (Path(out).is_dir() or not Path(out).parent.is_dir()):
-            raise CircuitbookError(f"cannot write {out}: it is a directory or its directory does not exist")
+    for opt, out in (("--json", args.json), ("--svg", args.svg)):
+        if out:
+            check_output_file(out, opt)
     labels = book = None
     if args.save and not args.book:
         raise CircuitbookError("--save needs --book, the book to save the graph in")
@@ -69,6 +69,12 @@ def run(args) -> int:
                 raise GraphNameError(f"a graph named {args.save!r} is already saved in {args.book}; "
                                      f"choose another name or pass --overwrite")
     model = load(args)
+    have = book.get_meta("model_fingerprint") if args.save else None
+    if have is not None and have != model.fingerprint():
+        from ..book import BookError
+
+        raise BookError(f"{args.book} describes model {book.get_meta('model_source')!r} (fingerprint {have}), not "
+                        f"{model.source!r} ({model.fingerprint()}): save the graph in that model's book")
     target = args.token_id if args.token_id is not None else args.token
     contrast = args.contrast_id if args.contrast_id is not None else args.contrast
     report = None

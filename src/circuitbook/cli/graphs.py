@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from ..errors import CircuitbookError
-from ._common import add_model_args, load
+from ._common import add_model_args, check_output_file, load
 
 
 def register(sub) -> None:
@@ -83,6 +83,10 @@ def run(args) -> int:
     from ..graph import saved
 
     write = args.action not in ("list", "show", "export", "recompute")
+    for opt, out in (("--svg", getattr(args, "svg", None)), ("--json", getattr(args, "json", None)),
+                     ("OUT", args.out if args.action == "export" else None)):
+        if out:
+            check_output_file(out, opt)
     book = _book(args.book, write)
     if args.action == "list":
         from ..book.graphs import saved_graphs
@@ -156,7 +160,10 @@ def run(args) -> int:
         d = json.loads(Path(args.file).read_text())
     except (OSError, ValueError) as e:
         raise CircuitbookError(f"cannot read {args.file}: {e}") from None
-    g = exchange.import_graph(d)
+    try:
+        g = exchange.import_graph(d)
+    except CircuitbookError as e:
+        raise CircuitbookError(f"{args.file}: {e}") from None
     saved.save(book, args.name, g, d.get("metadata", {}).get("prompt", ""), None, overwrite=args.overwrite,
                extra_settings={"imported": "circuit-tracer"})
     print(f"imported {args.file} as {args.name!r}: {len(g.nodes)} nodes, {len(g.edges)} edges")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import CircuitbookError
 from ._common import (EXECUTOR_NAMES, add_encoding_arg, add_model_args, add_scale_args, check_corpus_arg,  # noqa: F401
-                      executor_options, load)
+                      check_scale_args, executor_options, load)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -57,6 +57,7 @@ def run(args) -> int:
     if args.shards is not None or args.executor is not None:
         if args.shard != "0/1":
             raise CircuitbookError("--shard i/n scans one shard by hand; --shards N runs them all: pick one")
+        check_scale_args(args)
         return _run_scaled(args)
     model = load(args)
     check_corpus_arg(args)

@@ -25,6 +25,31 @@ def stories(args) -> list[str]:
     return list(islice(read_stories(args.corpus), args.stories))
 
 
+def check_scoring_args(args) -> None:
+    """Refuse the options score and scorecard share, and a corpus that is not readable stories, before the book
+    is opened or the model loaded."""
+    from ..explain.score import ScoreError
+    from ._common import check_corpus_arg
+
+    for opt, v, least in (("--stories", args.stories, 1), ("--max-len", args.max_len, 2),
+                          ("--batch-size", args.batch_size, 1), ("--window", args.window, 1)):
+        if v is not None and v < least:
+            raise ScoreError(f"{opt} {v}: need at least {least}")
+    check_corpus_arg(args)
+
+
+def held_out_stories(args, book) -> list[str]:
+    """The --corpus stories, refused (naming the file) when the book's scan read any of them."""
+    from ..explain.score import ScoreError, check_held_out
+
+    st = stories(args)
+    try:
+        check_held_out(book, st)
+    except ScoreError as e:
+        raise ScoreError(f"--corpus {args.corpus}: {e}") from None
+    return st
+
+
 def register(sub) -> None:
     p = sub.add_parser("score", help="score every explanation of a book on held-out stories",
                        description=__doc__.splitlines()[0])
@@ -44,16 +69,21 @@ def register(sub) -> None:
 def main(args) -> int:
     from ..corpus import corpus_hash
     from ..explain.run import score_book
-    from ..explain.score import ScoreSettings
-    from .explain import book_model, open_book
-
-    from ..explain.score import ScoreError
+    from ..explain.score import ScoreError, ScoreSettings
+    from ._common import check_scale_args
+    from .explain import book_model, check_kinds, open_book
 
     if args.checkpoint_every < 1:
         raise ScoreError(f"--checkpoint-every {args.checkpoint_every}: need at least 1 unit")
+    if args.ablation_tokens < 1:
+        raise ScoreError(f"--ablation-tokens {args.ablation_tokens}: need at least 1 (or --no-ablation)")
+    check_scoring_args(args)
+    check_scale_args(args)
+    check_kinds(args.kind)
     from ..dictionary.access import register_feature_access
 
     book = open_book(args.book)
+    held = held_out_stories(args, book)
     model = book_model(args, book)
     register_feature_access(model, book)  # the book's dictionary features become scorable
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size,
@@ -70,7 +100,7 @@ def main(args) -> int:
             print(f"retried: {line}")
         print(f"{info['shards']} shards on {args.executor or 'local'}: {info['reused']} reused, {info['jobs']} jobs run")
     else:
-        r = score_book(book, model, stories(args), st, kinds=args.kind, corpus=label, progress=True,
+        r = score_book(book, model, held, st, kinds=args.kind, corpus=label, progress=True,
                        checkpoint_every=args.checkpoint_every)
     print(r.summary())
     if not r.held_out.get("checked"):

@@ -24,19 +24,22 @@ def main(args) -> int:
     from ..corpus import corpus_hash
     from ..explain.score import ScoreSettings
     from ..explain.scorecard import scorecard
+    from ..explain.score import ScoreError
     from .explain import book_model, open_book
-    from .score import stories
+    from .score import check_scoring_args, held_out_stories
 
+    if args.curve_points < 1:
+        raise ScoreError(f"--curve-points {args.curve_points}: need at least 1")
+    check_scoring_args(args)
     from ..dictionary.access import register_feature_access
 
     book = open_book(args.book)
+    held = held_out_stories(args, book)
     model = book_model(args, book)
     if args.kind == "feature" and not register_feature_access(model, book):
-        from ..explain.score import ScoreError
-
         raise ScoreError(f"{args.book} has no dictionaries: --kind feature needs one (circuitbook dictionary train)")
     st = ScoreSettings(window=args.window, max_len=args.max_len, batch_size=args.batch_size)
-    card = scorecard(book, model, stories(args), st, args.curve_points,
+    card = scorecard(book, model, held, st, args.curve_points,
                      corpus=f"{args.corpus}#{corpus_hash(args.corpus)}", progress=True, kind=args.kind)
     print(json.dumps(card.to_dict(), indent=1) if args.json else card.summary())
     return 0

@@ -70,6 +70,8 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
     """{name: tensor} from a .safetensors file (DictionaryError if missing, truncated or corrupt)."""
     from safetensors.torch import load_file
 
+    if Path(path).is_dir():
+        raise DictionaryError(f"{path} is a directory, not a .safetensors file")
     if not Path(path).is_file():
         raise DictionaryError(f"{path} does not exist")
     try:
@@ -240,6 +242,8 @@ def load_sparsify(path: str | Path, layer: int) -> Dictionary:
 
 def load_dictionary(path: str | Path, fmt: str = "saelens", layer: int | None = None) -> Dictionary:
     """Load ``path`` in format ``fmt`` (one of FORMATS); ``layer`` is required where the file does not say."""
+    if not Path(path).exists():
+        raise DictionaryError(f"dictionary {path} does not exist")
     if fmt == "saelens":
         return load_saelens(path, layer)
     if fmt not in FORMATS:

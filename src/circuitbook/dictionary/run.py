@@ -146,6 +146,8 @@ def export_from_book(book_path, which, out_dir, model_name: str = "") -> Path:
 
     if not Path(book_path).is_file():
         raise DictionaryError(f"no book at {book_path}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DictionaryError(f"--out {out_dir} is a file, not a directory (a SAELens dictionary is a directory)")
     book = Book.open(book_path, create=False, readonly=True)
     d, _ = load_from_book(book, which)
     return save_saelens(d, out_dir, model_name or (book.get_meta("model_source") or ""))

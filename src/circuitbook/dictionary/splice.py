@@ -19,6 +19,7 @@ KL(original || spliced), nats per token. Interventions go through ``model/forwar
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable
 
 import torch
@@ -60,7 +61,8 @@ class SpliceResult:
     def summary(self) -> str:
         r = self.reconstruction
         f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        return (f"{r.n_tokens} tokens: L0 {r.l0:.1f}, FVU {r.fvu:.4f}, dead {r.dead_fraction:.3f}, "
+        fvu = f"{r.fvu:.4f}" if r.fvu is not None and math.isfinite(r.fvu) else "n/a"  # 0/0: a constant target
+        return (f"{r.n_tokens} tokens: L0 {r.l0:.1f}, FVU {fvu}, dead {r.dead_fraction:.3f}, "
                 f"dense {r.dense_fraction:.3f}\n"
                 f"CE original {self.ce_original:.4f}, spliced {self.ce_spliced:.4f} (KL {self.kl:.4f}), with error "
                 f"term {self.ce_spliced_error:.4f} (KL {self.kl_error:.2e}); zero-ablated MLP {self.ce_zero:.4f}, "

@@ -140,6 +140,9 @@ def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | N
             not any(u.kind == kind for u in book.labelled()):  # refused before anything is written
         raise ScoreError(f"{book.path} has no explanations of {kind} units: run `circuitbook explain` first")
     import_labels(book)
+    if not scoring_items(book, [kind]):
+        raise ScoreError(f"{book.path} has no explanations with a program to splice in: run `circuitbook explain` "
+                         f"first")
     items = [it for it in scoring_items(book, [kind]) if unit_kind(it[0]).stats == "activation"
              and isinstance(it[5], ActivationProgram) and it[5].clauses]
     kinds_layers = {(k, l) for k, l, _ in book.units() if k == kind

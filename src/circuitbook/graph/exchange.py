@@ -100,12 +100,22 @@ def export_saved(s, book=None, feature_dirs: list[str] | None = None) -> dict:
 
 
 def import_graph(d: dict) -> Graph:
-    """Their graph JSON -> a displayable Graph (see the module docstring); GraphError naming what is missing."""
+    """Their graph JSON -> a displayable Graph (see the module docstring); GraphError naming what is missing
+    or malformed."""
     try:
         meta, raw_nodes, links = d["metadata"], d["nodes"], d["links"]
         strs = list(meta["prompt_tokens"])
     except (KeyError, TypeError) as e:
         raise GraphError(f"not a circuit-tracer graph file (missing {e})") from None
+    try:
+        return _import_graph(meta, raw_nodes, links, strs)
+    except GraphError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as e:
+        raise GraphError(f"not a circuit-tracer graph file (malformed nodes or links: {type(e).__name__}: {e})") from None
+
+
+def _import_graph(meta: dict, raw_nodes: list, links: list, strs: list[str]) -> Graph:
     logits = [n for n in raw_nodes if n.get("feature_type") == "logit"]
     target = next((n for n in logits if n.get("is_target_logit")), logits[0] if logits else None)
     if target is None:
