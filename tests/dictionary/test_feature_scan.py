@@ -194,24 +194,31 @@ def test_features_scanned_on_the_local_executor_equal_one_process(sp_dir, world,
     c.close()
 
 
+def _explained_features(sp_demo, world, path):
+    """A copy of the world's book, scanned with the exact transcoder's features and their explanations."""
+    from circuitbook.explain.run import explain_book
+
+    _, corpus, base = world
+    b = Book.open(_copy(base, path))
+    _scan(sp_demo.model, corpus, b, feature_sources(sp_demo.model, b, ["exact"]))
+    explain_book(b, None, kinds=["feature"])
+    return b
+
+
 def test_features_are_scored_and_the_ablation_equals_a_brute_force_forward(sp_demo, world, tmp_path):
     """Explanations of the exact transcoder's features, scored on held-out stories (explain.score with the
     feature Access): the planted features simulate well, and each ablation score equals the one computed from
     real forwards whose MLP output gets (replacement - activation) x W_dec[i] added (error term kept)."""
     from circuitbook.dictionary.access import register_feature_access
     from circuitbook.explain.access import ACCESS
-    from circuitbook.explain.run import explain_book, resolver_for, scoring_items
+    from circuitbook.explain.run import resolver_for, scoring_items
     from circuitbook.explain.score import ScoreSettings, collect, score_units
     from circuitbook.explain.simulate import simulate_activation
     from circuitbook.handcraft.evaluate import recovered
     from circuitbook.model import run
 
     m = sp_demo.model
-    _, corpus, base = world
-    book = _copy(base, tmp_path / "score.db")
-    b = Book.open(book)
-    _scan(m, corpus, b, feature_sources(m, b, ["exact"]))
-    explain_book(b, None, kinds=["feature"])
+    b = _explained_features(sp_demo, world, tmp_path / "score.db")
     assert not scoring_items(b)  # without the feature Access the scorer skips features
     assert register_feature_access(m, b)
     try:
@@ -261,21 +268,15 @@ def test_features_are_scored_and_the_ablation_equals_a_brute_force_forward(sp_de
 def test_feature_scorecard_splices_the_explanations_with_the_error_term_kept(sp_demo, world, tmp_path):
     """The scorecard of the exact transcoder's features (explanations from their scan): every feature
     simulated recovers the loss of mean-ablating them all; the all-ablated figure equals a brute-force forward
-    (MLP output + (mean - activation) @ W_dec at every position after BOS); the CLI refuses --kind feature on a
-    book without dictionaries."""
+    (MLP output + (mean - activation) @ W_dec at every position after BOS)."""
     from circuitbook.dictionary.access import register_feature_access
     from circuitbook.explain.access import ACCESS
-    from circuitbook.explain.run import explain_book
     from circuitbook.explain.score import ScoreSettings, collect
     from circuitbook.explain.scorecard import scorecard
     from circuitbook.model import run
 
     m = sp_demo.model
-    _, corpus, base = world
-    book = _copy(base, tmp_path / "card.db")
-    b = Book.open(book)
-    _scan(m, corpus, b, feature_sources(m, b, ["exact"]))
-    explain_book(b, None, kinds=["feature"])
+    b = _explained_features(sp_demo, world, tmp_path / "card.db")
     held = sp_demo.stories[60:120]
     assert register_feature_access(m, b)
     try:

@@ -38,7 +38,17 @@ from .score import HeldOut, ScoreError, ScoreSettings, check_held_out, collect
 from .simulate import simulate_activation
 
 
-def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int) -> float:
+def _rows(ho: HeldOut) -> dict:
+    """{(kind, layer): its n write rows [n, d_model]} for the collected kinds whose Access has write_row."""
+    out = {}
+    for (kind, layer), acts in ho.acts.items():
+        a = ACCESS.get(kind)
+        if a is not None and a.write_row is not None:
+            out[(kind, layer)] = torch.stack([a.write_row(layer, i).float() for i in range(acts.shape[-1])])
+    return out
+
+
+def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int, rows: dict | None = None) -> float:
     """Mean next-token loss over the held-out corpus with ``explained`` units simulated and the other units
     of each collected (kind, layer) mean-ablated; ``sims`` is None for the original model."""
     w = model.weights
@@ -50,20 +60,19 @@ def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int) -> float:
         if sims is not None:
             for (kind, layer), acts in ho.acts.items():
                 mean = ho.means[(kind, layer)].float()
-                a = ACCESS.get(kind)
                 ax = unit_kind(kind).unit_axis
                 rep = mean[None, None].expand(tok.shape[0], tok.shape[1], -1).clone()
                 for (k, l, i) in explained:
                     if (k, l) == (kind, layer):
                         rep[..., i] = torch.as_tensor(sims[(k, l, i)][s:s + bs])
                 rep[:, 0] = torch.as_tensor(acts[s:s + bs, 0])  # BOS keeps its activation
-                if a is not None and a.write_row is not None:  # features: + (replacement - activation) @ W_dec
-                    W = _rows(a, layer, acts.shape[-1])
+                if (kind, layer) in (rows or {}):  # features: + (replacement - activation) @ W_dec
+                    W = rows[(kind, layer)]
                     delta = rep - torch.as_tensor(acts[s:s + bs])
 
                     def add(x, delta=delta, W=W):
                         return x + (delta.to(W) @ W).to(x)
-                    ivs.append({a.write_tap(layer): add})
+                    ivs.append({ACCESS[kind].write_tap(layer): add})
                     continue
 
                 def fn(x, rep=rep, ax=ax):
@@ -76,18 +85,6 @@ def _loss(model, ho: HeldOut, sims: dict, explained: set, bs: int) -> float:
         tot -= float(lp[m].double().sum())
         n += int(m.sum())
     return tot / max(n, 1)
-
-
-_ROWS: dict = {}
-
-
-def _rows(a, layer: int, n: int) -> torch.Tensor:
-    """The n write rows [n, d_model] of an Access with write_row (cached per Access and layer)."""
-    key = (id(a), layer)
-    if key not in _ROWS:
-        _ROWS.clear()
-        _ROWS[key] = torch.stack([a.write_row(layer, i).float() for i in range(n)])
-    return _ROWS[key]
 
 
 def _grid(n: int, points: int) -> list[int]:
@@ -156,11 +153,12 @@ def scorecard(book: Book, model, stories: list[str], settings: ScoreSettings | N
     R = resolver_for(book)
     sims = {(k, l, i): simulate_activation(p, ho.tokens, R, ho.valid) for k, l, i, _, _, p in items}
     bsz = st.batch_size
+    rows = _rows(ho)
     steps = tqdm(desc="scorecard", unit="variant", disable=not progress)
 
     def loss(explained, orig=False):
         steps.update(1)
-        return _loss(model, ho, None if orig else sims, explained, bsz)
+        return _loss(model, ho, None if orig else sims, explained, bsz, rows)
 
     ce_o = loss(set(), orig=True)
     ce_a = loss(set())
