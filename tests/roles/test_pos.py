@@ -60,11 +60,11 @@ def test_alignment_tricky_bpe_cases(gpt2, nlp):
 def test_alignment_matches_tagger_on_whole_words(gpt2, nlp, stories_path):
     """Where a BPE token is exactly one spaCy word, its class is that word's class (brute force check)."""
     from circuitbook.corpus import read_stories
-    from circuitbook.roles.pos import upos_class
+    from circuitbook.roles.pos import word_class
 
     text = next(iter(read_stories(stories_path)))
     doc = nlp(text)
-    words = {(t.idx, t.idx + len(t.text)): upos_class(t.pos_) for t in doc}
+    words = {(t.idx, t.idx + len(t.text)): word_class(t.pos_, t.tag_) for t in doc}
     ids = gpt2.encode(text)
     spans = token_spans(gpt2, text, ids)
     cls, _ = align(text, tagged(doc), spans)

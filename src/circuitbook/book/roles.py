@@ -9,6 +9,9 @@ Tables
       mean activation of every neuron over the corpus positions holding the token (BOS excluded): ``means`` is
       float32 little-endian [n_layers * d_mlp], unit order layer-major (unit = layer * d_mlp + idx). Universe
       tokens only. Meta ``typing_acts`` records the corpus hash and universe size.
+  typing_null_acts (token_id PK, means)
+      the same means for the random-direction null units typing calibrates on (``roles.scores.NullUnits``):
+      float32 [n_null_units] per universe token, written in the same transaction as typing_token_acts.
   typing_units (layer, idx PK, type, rule, confidence, score, evidence)
       the verdict for each neuron: type in syntax/content/mixed/unclear, rule ("PRON -> VERB" or ""),
       confidence in [0, 1], score (-log10 q; ranks the strongest), evidence JSON (see roles.classify).
@@ -43,6 +46,9 @@ MIGRATIONS = [
         PRIMARY KEY (layer, idx)
     );
     CREATE INDEX typing_units_type ON typing_units (type, score);
+    """,
+    """
+    CREATE TABLE typing_null_acts (token_id INTEGER PRIMARY KEY, means BLOB NOT NULL);
     """,
 ]
 
@@ -105,14 +111,29 @@ def token_classes(book: Book, token_ids=None) -> dict[int, dict]:
 
 
 # ------------------------------------------------------------------ activation means
-def store_token_acts(book: Book, ids, counts, means: np.ndarray, source: dict) -> None:
-    """means [n_units, N] over universe ``ids`` [N] with ``counts`` [N]."""
+def store_token_acts(book: Book, ids, counts, means: np.ndarray, source: dict,
+                     null_means: np.ndarray | None = None) -> None:
+    """means [n_units, N] over universe ``ids`` [N] with ``counts`` [N]; ``null_means`` [n_null, N] those of
+    the null units (replaced, or removed when None)."""
     m = np.ascontiguousarray(means.T.astype("<f4"))
     with book.transaction() as c:
         c.execute("DELETE FROM typing_token_acts")
+        c.execute("DELETE FROM typing_null_acts")
         c.executemany("INSERT INTO typing_token_acts VALUES (?, ?, ?)",
                       ((int(t), int(n), m[i].tobytes()) for i, (t, n) in enumerate(zip(ids, counts))))
+        if null_means is not None:
+            z = np.ascontiguousarray(null_means.T.astype("<f4"))
+            c.executemany("INSERT INTO typing_null_acts VALUES (?, ?)",
+                          ((int(t), z[i].tobytes()) for i, t in enumerate(ids)))
         book.set_meta("typing_acts", source, c)
+
+
+def null_acts(book: Book, ids) -> np.ndarray | None:
+    """[n_null, N] the null units' activation means over universe ``ids`` [N], or None when not stored."""
+    rows = dict(book.conn.execute("SELECT token_id, means FROM typing_null_acts"))
+    if not rows or any(int(t) not in rows for t in ids):
+        return None
+    return np.stack([np.frombuffer(rows[int(t)], dtype="<f4") for t in ids], 1)
 
 
 def token_acts(book: Book, token_ids=None, source: dict | None = None):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.stats import hypergeom
+from scipy.stats import hypergeom, poisson
 
 
 @dataclasses.dataclass
@@ -44,10 +44,18 @@ def class_counts(selected: np.ndarray, classes: np.ndarray, n_classes: int) -> n
 
 def enrichment(selected: np.ndarray, classes: np.ndarray, n_classes: int) -> Enrichment:
     """Enrichment of each row of ``selected`` [n, N] (bool) for each class of ``classes`` [N]."""
-    k = class_counts(selected, classes, n_classes)
+    onehot = np.zeros((n_classes, classes.shape[0]), dtype=bool)
+    onehot[classes, np.arange(classes.shape[0])] = True
+    return target_enrichment(selected, onehot)
+
+
+def target_enrichment(selected: np.ndarray, masks: np.ndarray) -> Enrichment:
+    """Enrichment of each row of ``selected`` [n, N] (bool) for each target of ``masks`` [T, N] (bool; targets
+    may overlap, e.g. a class and the unions holding it): the columns of the result are the targets."""
+    k = selected.astype(np.int64) @ masks.T.astype(np.int64)
     K = selected.sum(1).astype(np.int64)
-    M = np.bincount(classes, minlength=n_classes).astype(np.int64)
-    N = int(classes.shape[0])
+    M = masks.sum(1).astype(np.int64)
+    N = int(masks.shape[1])
     Kb, Mb = K[:, None], M[None, :]
     lor = (np.log(k + 0.5) + np.log(N - Mb - Kb + k + 0.5)
            - np.log(Kb - k + 0.5) - np.log(Mb - k + 0.5))
@@ -76,3 +84,24 @@ def bh(p: np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = np.minimum(q, 1.0)
     return out.reshape(np.shape(p))
+
+
+def stratified_enrichment(selected: np.ndarray, masks: np.ndarray, stratum: np.ndarray) -> Enrichment:
+    """Target enrichment of selections that favour some strata (activation sets favour frequent tokens): the
+    null draws each selected token's replacement from its own stratum (``stratum`` [N], e.g. frequency bins).
+    Expected count of target t: lam = sum_s K_s M_ts / N_s; p = P[Poisson(lam) >= k], a conservative tail for
+    the sum of per-stratum hypergeometrics; log-odds of k against lam (Haldane-corrected), so a set of
+    frequent function words is measured against the frequent tokens' classes, not the whole universe's."""
+    S = int(stratum.max()) + 1
+    onehot = np.zeros((masks.shape[1], S))
+    onehot[np.arange(masks.shape[1]), stratum] = 1.0
+    N_s = onehot.sum(0)
+    K_s = selected.astype(np.float64) @ onehot  # [n, S]
+    M_ts = masks.astype(np.float64) @ onehot  # [T, S]
+    lam = K_s @ (M_ts / np.maximum(N_s, 1)).T  # [n, T]
+    k = selected.astype(np.int64) @ masks.T.astype(np.int64)
+    K = selected.sum(1).astype(np.int64)
+    Kb = K[:, None]
+    lor = np.log(k + 0.5) + np.log(Kb - lam + 0.5) - np.log(Kb - k + 0.5) - np.log(lam + 0.5)
+    p = np.where(k > 0, poisson.sf(k - 1, np.maximum(lam, 1e-12)), 1.0)
+    return Enrichment(k, K, masks.sum(1).astype(np.int64), int(masks.shape[1]), lor, np.clip(p, 0.0, 1.0))

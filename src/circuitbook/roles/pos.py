@@ -7,9 +7,16 @@ token spanning a contraction goes to its larger part ("didn" -> AUX, "'t" -> PAR
 token ("\\n") is OTHER. Counts are summed per token id over the whole corpus.
 
 The 12 classes (``CLASSES``, in this order everywhere):
-    NOUN  PROPN (proper noun / name)  VERB  AUX  ADJ  ADV  PRON  DET (determiner / article)
+    NOUN  PROPN (proper noun / name)  VERB  AUX  ADJ  ADV  PRON  DET (determiner / article, and the possessive
+    determiners his / her / their / my / whose: Penn ``PRP$`` / ``WP$``, which spaCy's coarse tags call PRON)
     ADP (preposition)  CONJ (coordinating + subordinating)  PUNCT  OTHER (particles, numbers, interjections,
     symbols, whitespace, unknown)
+
+Fine targets (``FINE_TARGETS``): sets of Penn Treebank tags that typing also tests as rule targets, where the
+coarse class hides what a grammarian names: past-tense verbs (VBD), -ing forms (VBG), past participles (VBN),
+3rd-person present verbs (VBZ), base verbs (VB), plural nouns (NNS), possessive determiners (PRP$). A token
+belongs to a fine target when its dominant fine tag does. Class unions ("NOUN/ADJ") are built in typing
+(``roles.targets``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 OTHER = CLASS_INDEX["OTHER"]
 _UPOS = {"NOUN": "NOUN", "PROPN": "PROPN", "VERB": "VERB", "AUX": "AUX", "ADJ": "ADJ", "ADV": "ADV",
          "PRON": "PRON", "DET": "DET", "ADP": "ADP", "CCONJ": "CONJ", "SCONJ": "CONJ", "PUNCT": "PUNCT"}
+POSSESSIVE_TAGS = ("PRP$", "WP$")  # possessive determiners: class DET (see module docstring)
+FINE_TARGETS = {"VBD": ("VBD",), "VBG": ("VBG",), "VBN": ("VBN",), "VBZ": ("VBZ",), "VB": ("VB",),
+                "NNS": ("NNS", "NNPS"), "PRP$": POSSESSIVE_TAGS}
+CLASS_VERSION = 2  # 2: possessive determiners are DET (cached token classes of version 1 are re-tagged)
 SPACE_TAG = "_SP"  # the fine tag of whitespace-only tokens (spaCy's own tag for whitespace)
 
 # The tagger: a PyPI re-upload of spaCy's en_core_web_sm 3.8.0 (the official wheel is not on PyPI).
@@ -39,6 +50,11 @@ class TaggerError(CircuitbookError, RuntimeError):
 def upos_class(upos: str) -> int:
     """Universal POS tag -> index into CLASSES."""
     return CLASS_INDEX[_UPOS.get(upos, "OTHER")]
+
+
+def word_class(upos: str, tag: str) -> int:
+    """A tagged word's class index: possessive determiners (``POSSESSIVE_TAGS``) are DET, the rest by UPOS."""
+    return CLASS_INDEX["DET"] if tag in POSSESSIVE_TAGS else upos_class(upos)
 
 
 def load_tagger(name: str | None = None):
@@ -119,7 +135,7 @@ class TaggedText:
 def tagged(doc) -> TaggedText:
     return TaggedText(np.array([t.idx for t in doc], dtype=np.int64),
                       np.array([t.idx + len(t.text) for t in doc], dtype=np.int64),
-                      np.array([upos_class(t.pos_) for t in doc], dtype=np.int64),
+                      np.array([word_class(t.pos_, t.tag_) for t in doc], dtype=np.int64),
                       [t.tag_ if not t.is_space else SPACE_TAG for t in doc])
 
 
@@ -207,7 +223,7 @@ def token_classes(stories: Iterable[str], tokenizer, nlp=None, batch_size: int =
     bar.close()
     if n_stories == 0:
         raise CircuitbookError("the corpus holds no stories to tag")
-    src = {"tagger": tagger_id(nlp), "n_stories": n_stories, "n_tokens": n_tokens, **(source or {})}
+    src = {"tagger": tagger_id(nlp), "class_version": CLASS_VERSION, "n_stories": n_stories, "n_tokens": n_tokens, **(source or {})}
     return TokenClasses(counts, tag_counts, src)
 
 

@@ -25,6 +25,7 @@ from ..circuits.basis import make_basis, token_inputs
 from ..circuits.neuron_in import direct_input
 from ..circuits.neuron_out import direct_output
 from ..corpus import batches
+from ..model.maths import normalize
 from ..errors import CircuitbookError
 from .pos import CLASSES, TokenClasses
 
@@ -83,20 +84,28 @@ def output_effect(weights, ids: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def activation_means(model, stories, ids: np.ndarray, max_len: int = 256, batch_size: int = 16,
-                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the corpus; return (means [n_units, N], counts [N]): mean hook_post of every neuron over the
-    positions holding each universe token (BOS positions excluded). Memory: one batch + [N, n_units]."""
+                     progress: bool = True, n_null: int = 0, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stream the corpus; return (means [n_units, N], counts [N], null means [n_layers * n_null, N] or None):
+    mean hook_post of every neuron over the positions holding each universe token (BOS positions excluded),
+    and the same for ``n_null`` random-direction units per layer (``null_directions``: the linear read
+    ``normalize(resid_mid) @ r`` of what the layer's MLP sees). Memory: one batch + [N, n_units + nulls]."""
     from ..progress import progress as progress_bar
 
     cfg = model.cfg
     pos_of = torch.as_tensor(Universe(ids, ids, [], ids).index(cfg.d_vocab))
-    sums = torch.zeros(len(ids), cfg.n_layers * cfg.d_mlp, dtype=torch.float64)
+    R = null_directions(cfg.d_model, cfg.n_layers, n_null, seed) if n_null else None
+    width = cfg.n_layers * (cfg.d_mlp + n_null)
+    sums = torch.zeros(len(ids), width, dtype=torch.float64)
     counts = torch.zeros(len(ids), dtype=torch.float64)
     taps = [f"blocks.{l}.mlp.hook_post" for l in range(cfg.n_layers)]
+    mids = [f"blocks.{l}.hook_resid_mid" for l in range(cfg.n_layers)] if n_null else []
     bar = progress_bar(desc="activations", unit=" tok", enabled=progress)
     for b in batches(stories, model.tokenizer, max_len, batch_size):
-        acts = model.run(b.tokens, taps)
-        a = torch.cat([acts[t] for t in taps], -1).float().cpu()  # [B, T, n_units]
+        acts = model.run(b.tokens, taps + mids)
+        parts = [acts[t].float() for t in taps]
+        parts += [normalize(acts[m], cfg.norm, cfg.eps) @ R[l] for l, m in enumerate(mids)]
+        a = torch.cat(parts, -1).cpu()  # [B, T, width]
         keep = b.mask.clone()
         keep[:, 0] = False  # BOS
         u = pos_of[b.tokens]
@@ -105,5 +114,39 @@ def activation_means(model, stories, ids: np.ndarray, max_len: int = 256, batch_
         counts.index_add_(0, u[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
         bar.update(int(b.mask.sum()))
     bar.close()
-    means = sums / counts.clamp(min=1)[:, None]
-    return means.T.float().numpy(), counts.numpy()
+    means = (sums / counts.clamp(min=1)[:, None]).T.float().numpy()
+    n_units = cfg.n_layers * cfg.d_mlp
+    return means[:n_units], counts.numpy(), (means[n_units:] if n_null else None)
+
+
+def null_directions(d_model: int, n_layers: int, n: int, seed: int) -> torch.Tensor:
+    """[n_layers, d_model, n] isotropic Gaussian directions, one set per layer (seeded)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    return torch.randn(n_layers, d_model, n, generator=g)
+
+
+@dataclasses.dataclass
+class NullUnits:
+    """Random-direction units read through the same three score matrices as the neurons, each [R, N] over the
+    universe: ``act_means`` (None without an activation pass), ``in_effect`` and ``out_scores``. Typing
+    measures how enriched, overlapping and coherent the sets of units with no mechanism come out in this
+    model's geometry, and calibrates every test on them (``classify.calibrate``)."""
+
+    in_effect: np.ndarray
+    out_scores: np.ndarray
+    act_means: np.ndarray | None = None
+
+
+@torch.inference_mode()
+def random_units(weights, ids: np.ndarray, n: int = 512, seed: int = 0, act_means: np.ndarray | None = None
+                 ) -> NullUnits:
+    """``n`` random-direction units (isotropic Gaussian input and output directions in d_model) read through
+    the same direct paths as the neurons (``embed @ r_in``, ``r_out @ W_U``, processed weights), with the
+    activation means of the activation pass's null units when given: the null typing is calibrated on."""
+    b = make_basis(weights)
+    g = torch.Generator().manual_seed(seed)
+    d = b.cfg.d_model
+    idx = torch.as_tensor(ids)
+    r_in = torch.randn(d, n, generator=g)
+    r_out = torch.randn(n, d, generator=g)
+    return NullUnits((b.embed[idx].float() @ r_in).T.numpy(), (r_out @ b.w.W_U[:, idx].float()).numpy(), act_means)

@@ -16,11 +16,14 @@ class Summary:
     counts: dict[str, int]
     rules: list[tuple[str, int, list[tuple[int, int]]]]
     strongest: dict[str, list[tuple]]
+    beyond_random: int = 0
+    """syntax or mixed units whose rule also beats random directions in this model's geometry"""
 
     def table(self, n_rules: int = 10, n_examples: int = 5) -> str:
         total = sum(self.counts.values()) or 1
         lines = ["type      neurons   share"]
         lines += [f"{t:<9} {self.counts[t]:>7}  {self.counts[t] / total:6.1%}" for t in TYPES]
+        lines.append(f"(syntax + mixed beyond random directions: {self.beyond_random})")
         if self.rules:
             lines.append("\ntop rules (syntax + mixed neurons)")
             for rule, n, units in self.rules[:n_rules]:
@@ -50,9 +53,16 @@ def summarize(types, n_examples: int = 10) -> Summary:
     strongest = {}
     for typ in TYPES[:3]:
         best = sorted((t for t in types if t.type == typ), key=lambda t: -t.score)[:n_examples]
-        strongest[typ] = [(t.layer, t.idx, t.rule, t.score, [x[1] for x in t.evidence["input"]["tokens"]],
+        strongest[typ] = [(t.layer, t.idx, t.rule, t.score, [x[1] for x in _reads(t.evidence)],
                            [x[1] for x in t.evidence["output"]["tokens"]]) for t in best]
-    return Summary({t: counts.get(t, 0) for t in TYPES}, rules, strongest)
+    beyond = sum(1 for t in types if t.evidence.get("syntax", {}).get("beyond_random"))
+    return Summary({t: counts.get(t, 0) for t in TYPES}, rules, strongest, beyond)
+
+
+def _reads(ev: dict) -> list:
+    """The input tokens of the source that decided the unit's input side."""
+    inp = ev["input"]
+    return inp["weights"]["tokens"] if inp.get("decided_by") == "weights" and "weights" in inp else inp["tokens"]
 
 
 def book_summary(book):
