@@ -149,10 +149,29 @@ def _newer_commands_world(w: Path, m: Path) -> None:
     cfg = json.loads((w / "sae-cfg" / "cfg.json").read_text())
     (w / "sae-cfg" / "cfg.json").write_text(json.dumps({**cfg, "d_in": cfg["d_in"] * 2}))
     save_saelens(Dictionary(DictionaryConfig("transcoder", 0, cfg["d_in"] * 2, 16, "relu")), w / "sae-wide")
+    _graph_features_world(w)
     shutil.copy(w / "good.db", w / "graphs.db")
     assert main(["graph", str(m), "Once upon a time", "--book", str(w / "graphs.db"), "--save", "g"]) == 0
     (w / "notgraph.json").write_text(json.dumps({"nodes": "none"}))
     (w / "badnodes.json").write_text(json.dumps({"metadata": {"prompt_tokens": ["a"]}, "nodes": ["x"], "links": []}))
+
+
+def _graph_features_world(w: Path) -> None:
+    """Books for `graph --features`: kinds.db (dict.db plus an SAE `s` and a skip-transcoder `k`) and wide.db (an
+    unbound book holding a transcoder `w` of d_in 512, twice the demo's d_model)."""
+    from circuitbook.book import Book
+    from circuitbook.dictionary import Dictionary, DictionaryConfig
+    from circuitbook.dictionary.store import save_to_book
+
+    shutil.copy(w / "dict.db", w / "kinds.db")
+    book = Book.open(w / "kinds.db")
+    d_model = int(book.config["d_model"])
+    save_to_book(book, "s", Dictionary(DictionaryConfig("sae", 0, d_model, 16, "relu")))
+    save_to_book(book, "k", Dictionary(DictionaryConfig("skip-transcoder", 0, d_model, 16, "relu")))
+    book.close_all()
+    book = Book.open(w / "wide.db")
+    save_to_book(book, "w", Dictionary(DictionaryConfig("transcoder", 0, 2 * d_model, 16, "relu")))
+    book.close_all()
 
 
 M, C = "{w}/model", "{w}/model/stories.txt"
@@ -371,6 +390,18 @@ CASES = [
     ("dictionary import: --layer out of range", [*DI, "{w}/sae", "--layer", "7"], ["layer 7"]),
     ("dictionary import: --book is another SQLite db", ["dictionary", "import", M, "--book", "{w}/other.sqlite",
                                                         "--path", "{w}/sae"], ["other.sqlite", "not a circuitbook"]),
+    # graph --features: a transcoder of the book in place of the MLP
+    ("graph --features without --book", ["graph", M, "Once upon", "--features", "d"], ["--features needs --book"]),
+    ("graph --features: unknown dictionary", ["graph", M, "Once upon", "--book", "{w}/dict.db", "--features", "nope"],
+     ["dict.db", "no dictionary 'nope'"]),
+    ("graph --features: d_in != the model's d_model", ["graph", M, "Once upon", "--book", "{w}/wide.db", "--features",
+                                                       "w"], ["d_in=512", "d_model is 256"]),
+    ("graph --features: an SAE", ["graph", M, "Once upon", "--book", "{w}/kinds.db", "--features", "s"],
+     ["'s'", "is an SAE"]),
+    ("graph --features: a skip-transcoder", ["graph", M, "Once upon", "--book", "{w}/kinds.db", "--features", "k"],
+     ["'k'", "skip-transcoder"]),
+    ("graph --features: one layer twice", ["graph", M, "Once upon", "--book", "{w}/dict.db", "--features", "d",
+                                           "--features", "0"], ["two transcoders replace layer 0"]),
     # graph --save and graphs
     ("graph --save without --book", ["graph", M, "Once upon", "--save", "h"], ["--save needs --book"]),
     ("graph --save: the name is taken", ["graph", M, "Once upon", "--book", G, "--save", "g"],

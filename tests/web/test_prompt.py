@@ -59,6 +59,34 @@ def test_prompt_page_predictions_and_target(client, ts1l):
     assert f"{top[2]:.3f}" in r.text
 
 
+def test_prompt_graph_with_transcoder_features(client, book, ts1l):
+    """?features=NAME: a transcoder of the book replaces the MLP in the page's graph and its exports."""
+    import torch
+
+    from circuitbook.dictionary import Dictionary, DictionaryConfig
+    from circuitbook.dictionary.graph import book_transcoders
+    from circuitbook.dictionary.store import save_to_book
+
+    g_ = torch.Generator().manual_seed(0)
+    d_model, n = ts1l.cfg.d_model, 64
+    d = Dictionary.from_tensors(DictionaryConfig("transcoder", 0, d_model, n, "topk", k=4), {
+        "W_enc": torch.randn(d_model, n, generator=g_), "b_enc": torch.zeros(n),
+        "W_dec": torch.randn(n, d_model, generator=g_) * 0.05, "b_dec": torch.zeros(d_model)})
+    number = save_to_book(book, "tc", d, model=ts1l)
+    r = client.get("/api/graph.json", params={"text": PROMPT, "features": "tc", "nodes": "60"})
+    assert r.status_code == 200, r.text
+    g = r.json()
+    ref = to_json(attribute(ts1l, PROMPT, max_nodes=60, transcoders=book_transcoders(book, ["tc"], ts1l.cfg)))
+    assert [n["id"] for n in g["nodes"]] == [n["id"] for n in ref["nodes"]]
+    feats = [n for n in g["nodes"] if n["kind"] == "feature"]
+    assert feats and all(n["link"] == f"/feature/{number}/{n['index']}" for n in feats)
+    assert not any(n["kind"] == "neuron" for n in g["nodes"])
+    page = client.get("/prompt", params={"text": PROMPT, "features": "tc"})
+    assert page.status_code == 200 and 'value="tc"' in page.text and "cb-feature" in page.text
+    bad = client.get("/prompt", params={"text": PROMPT, "features": "nope"})
+    assert bad.status_code == 400 and "no dictionary" in bad.text
+
+
 @pytest.mark.parametrize("params, message", [
     ({"text": PROMPT, "target": " two words"}, "not one"),
     ({"text": PROMPT, "pos": "999"}, "outside the prompt"),

@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--qk", action="store_true", help="QK attribution of the head nodes: token-token vs positional "
                                                      "share of why each head attended where it did")
     p.add_argument("--book", help="book to read unit labels from (and to --save into)")
+    p.add_argument("--features", action="append", metavar="DICTIONARY",
+                   help="replace the MLP of this transcoder's layer (a dictionary of --book: name or number; "
+                        "repeatable, one per layer) by its active features plus one exact error node per position")
     p.add_argument("--save", metavar="NAME", help="save the graph in --book under NAME")
     p.add_argument("--overwrite", action="store_true", help="with --save: replace a saved graph of that name")
     p.add_argument("--json", help="write the graph as JSON here")
@@ -55,6 +58,8 @@ def run(args) -> int:
     labels = book = None
     if args.save and not args.book:
         raise CircuitbookError("--save needs --book, the book to save the graph in")
+    if args.features and not args.book:
+        raise CircuitbookError("--features needs --book, the book that holds the dictionary")
     if args.book:
         if not Path(args.book).is_file():
             raise CircuitbookError(f"book {args.book} does not exist")
@@ -68,7 +73,17 @@ def run(args) -> int:
             if args.save in {r["name"] for r in saved_graphs(book)}:
                 raise GraphNameError(f"a graph named {args.save!r} is already saved in {args.book}; "
                                      f"choose another name or pass --overwrite")
+    stored = []
+    if args.features:  # the dictionaries must exist before the model is loaded
+        from ..dictionary.store import load_from_book
+
+        stored = [load_from_book(book, which) for which in args.features]
     model = load(args)
+    transcoders = None
+    if stored:
+        from ..dictionary.graph import graph_transcoder
+
+        transcoders = [graph_transcoder(d, row["number"], row["name"], model.cfg) for d, row in stored]
     have = book.get_meta("model_fingerprint") if args.save else None
     if have is not None and have != model.fingerprint():
         from ..book import BookError
@@ -82,16 +97,22 @@ def run(args) -> int:
         from ..graph.prune import attribute_pruned
 
         g, report = attribute_pruned(model, args.prompt, target, pos=args.pos, contrast=contrast, pool=args.pool,
-                                     node_share=args.node_share, edge_share=args.edge_share, labels=labels)
+                                     node_share=args.node_share, edge_share=args.edge_share, labels=labels,
+                                     transcoders=transcoders)
     else:
         g = attribute(model, args.prompt, target, pos=args.pos, contrast=contrast, max_nodes=args.nodes,
-                      max_edges=args.edges, keep_inputs=args.keep_inputs, labels=labels)
+                      max_edges=args.edges, keep_inputs=args.keep_inputs, labels=labels, transcoders=transcoders)
     what = f"logit[{g.target_str!r}]" + (f" - logit[{g.contrast_str!r}]" if g.contrast is not None else "")
     print(f"{what} at position {g.pos} (after {g.token_strs[g.pos]!r}) = {g.logit:.4f}")
     print(f"{len(g.nodes) - 1} of {g.n_candidates} nodes, {len(g.edges)} edges; "
           f"direct constants {sum(g.constants.values()):+.4f}")
     if report is not None:
         print(report.summary())
+    for t in transcoders or []:
+        err = g.bias_flow.get(f"blocks.{t.layer}.transcoder.error", 0.0)
+        n_feat = sum(1 for n in g.nodes if n.kind == "feature" and n.group == t.number)
+        print(f"layer {t.layer} MLP -> transcoder {t.name!r} (dictionary {t.number}): {n_feat} feature nodes kept; "
+              f"error nodes carry {err:+.4f} of the logit")
     print(f"{'node':24s} {'value':>9s} {'direct':>9s}  label")
     for n in sorted(g.nodes[:-1], key=lambda n: -abs(n.value))[:15]:
         print(f"{n.title:24s} {n.value:+9.4f} {n.direct:+9.4f}  {n.label or ''}")

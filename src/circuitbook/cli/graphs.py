@@ -110,7 +110,18 @@ def run(args) -> int:
             Path(args.json).write_text(json.dumps(to_json(g), indent=1))
         return 0
     if args.action == "recompute":
-        g, changed = saved.recompute(book, args.name, load(args), labels=book.labelled())
+        numbers = saved.saved_transcoders(book, args.name)
+        if numbers:  # the dictionaries the graph was built with (before the model loads)
+            from ..dictionary.store import load_from_book
+
+            stored = [load_from_book(book, n) for n in numbers]
+        model = load(args)
+        tcs = None
+        if numbers:
+            from ..dictionary.graph import graph_transcoder
+
+            tcs = [graph_transcoder(d, row["number"], row["name"], model.cfg) for d, row in stored]
+        g, changed = saved.recompute(book, args.name, model, labels=book.labelled(), transcoders=tcs)
         old = saved.load(book, args.name).graph
         print(("the model CHANGED since the graph was saved; " if changed else "same model; ") +
               f"logit {old.logit:.4f} -> {g.logit:.4f}, {len(g.nodes) - 1} nodes")

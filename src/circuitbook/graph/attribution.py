@@ -21,12 +21,30 @@ Nodes (each writes one vector into the residual stream at one position):
     neuron l,i,q     neuron i of layer l at position q: post[q, i] * W_out[l, i]
     logit            the target: logit[pos, target] (or logit[pos, target] - logit[pos, contrast])
 
+**Transcoder features in place of the MLP** (``transcoders=[Transcoder, ...]``, :mod:`.replacement`; the CLI's
+``--features NAME``): layer l's neuron nodes are replaced by
+
+    feature n,i,q    feature i of dictionary n (its number in the book) at position q, id "feature/{n}/{i}/{q}":
+                     act[q, i] * W_dec[i], act = activate(LN2(resid_mid[q]) @ W_enc + b_enc), its gate frozen
+                     like a neuron's (gamma = act / pre: 1 where the feature fires, 0 elsewhere)
+    error l,q        id "error/{l}/{q}": mlp_out[q] - (act[q] @ W_dec + b_dec), the MLP's true output minus
+                     the transcoder's, frozen (a constant: it has no in-edges and no inputs flow through it)
+
+so the layer still writes exactly what the MLP wrote. Every sum below stays exact with these changes of name:
+the layer's bias constants are ``blocks.{l}.transcoder.b_dec`` (direct and flow) and
+``blocks.{l}.transcoder.b_enc`` (flow) instead of ``mlp.b_out`` / ``mlp.b_in``; the feature and error nodes
+at pos are among "every node at pos" of the direct sum (:class:`DirectLogit` ``features`` / ``errors``); and
+the error nodes' total effect is one more bias-flow entry, ``blocks.{l}.transcoder.error`` (== the sum of the
+layer's error node values), because, like a bias, no input flows through it.
+
 **Direct contributions** (:func:`direct_logit`): through the frozen final norm the logit is
 ``resid[pos] . d + const`` with ``d = P(lnf_w * u) / s_final[pos]``, ``u = W_U[:, target]`` (minus
 ``W_U[:, contrast]``). ``resid[pos]`` is the sum of the input node at ``pos``, every head node with
 q = pos, every neuron node at pos, and the biases b_O, b_out; so
 
     logit == input[pos] + heads.sum() + neurons.sum() + sum(constants.values())      (exactly)
+
+(with transcoders: ``+ sum(features[l].sum()) + sum(errors.values())``, see :meth:`DirectLogit.total`)
 
 with the documented constants ``b_U`` (b_U . u-coefficients), ``ln_final.b`` (lnf_b . u) and
 ``blocks.{l}.attn.b_O`` / ``blocks.{l}.mlp.b_out`` (each bias . d). The input node at ``pos`` read
@@ -39,12 +57,13 @@ the gradient of the logit with respect to the residual stream just after the nod
     logit == sum_k value(input k) + sum(bias_flow.values())                           (exactly)
 
 where ``bias_flow`` holds the total effect of every constant term (b_U, ln_final.b, and per layer
-attn.b_O, attn.b_V, ln1.b, mlp.b_in, mlp.b_out, ln2.b).
+attn.b_O, attn.b_V, ln1.b, mlp.b_in, mlp.b_out, ln2.b; a transcoder's layer: transcoder.b_enc,
+transcoder.b_dec, ln2.b and transcoder.error).
 
 **Edge weight** s -> t = the part of t's value that flows from s directly (not through another node):
 ``out_s . r_t`` where r_t is t's reading vector (for heads: through the frozen ln1 at source position
-k, W_V, W_O and pattern; for neurons: through the frozen ln2 at q, W_in and the frozen gate; for the
-logit: d). Edges exist when s writes at the position t reads and s comes earlier (inputs < layer-l
+k, W_V, W_O and pattern; for neurons: through the frozen ln2 at q, W_in and the frozen gate; features: the same with W_enc;
+error nodes read nothing; for the logit: d). Edges exist when s writes at the position t reads and s comes earlier (inputs < layer-l
 heads < layer-l neurons < layer-(l+1) heads ...). With no pruning, edges conserve value both ways:
 ``sum_t w(s -> t) == value(s)`` and ``sum_s w(s -> t) + (t's bias in-flow) == value(t)``. All edge
 weights and values are in logit units.
@@ -70,15 +89,41 @@ from torch import Tensor
 
 from ..model.maths import centre
 from .prompt import position, prompt_tokens, resolve_token, token_str, weights_of
+from .replacement import by_layer, frozen_gate
 from .types import DirectLogit, Edge, Graph, GraphError, Node
 
 
 # --------------------------------------------------------------------------- the frozen forward
 @dataclasses.dataclass
+class _Units:
+    """One layer's MLP units as the graph sees them: neurons (the MLP's own weights) or a transcoder's
+    features (its encoder / decoder): W_in [d_model, n], b_in [n], W_out [n, d_model], b_out [d_model]."""
+
+    kind: str  # "neuron" | "feature"
+    W_in: Tensor
+    b_in: Tensor
+    W_out: Tensor
+    b_out: Tensor
+    number: int | None = None  # features: the dictionary's number in the book
+
+    @property
+    def n(self) -> int:
+        return int(self.W_out.shape[0])
+
+    def bias_names(self, l: int) -> tuple[str, str]:
+        """(name of b_in's flow, name of b_out's constant / flow)."""
+        if self.kind == "feature":
+            return f"blocks.{l}.transcoder.b_enc", f"blocks.{l}.transcoder.b_dec"
+        return f"blocks.{l}.mlp.b_in", f"blocks.{l}.mlp.b_out"
+
+
+@dataclasses.dataclass
 class _Trace:
     """Frozen quantities of one forward (float32, batch dropped). Per layer lists, positions first:
     s1, s2 [pos, 1]; pattern [n_heads, q, k]; v [k, n_heads, d_head]; gamma, post [pos, d_mlp];
-    sf [pos, 1] (final norm scale); xf [d_model] (final normalized residual at the target pos)."""
+    sf [pos, 1] (final norm scale); xf [d_model] (final normalized residual at the target pos);
+    units: each layer's MLP units (neurons or a transcoder's features: then gamma / post are the features');
+    err: per layer the frozen error [pos, d_model] (mlp_out - transcoder output), None for neuron layers."""
 
     s1: list[Tensor]
     pattern: list[Tensor]
@@ -88,27 +133,44 @@ class _Trace:
     gamma: list[Tensor]
     sf: Tensor
     xf: Tensor
+    units: list[_Units]
+    err: list[Tensor | None]
 
 
-def _trace(w, tokens: Tensor, pos: int) -> _Trace:
-    from ..model.forward import run
+def _trace(w, tokens: Tensor, pos: int, tcs: dict | None = None) -> _Trace:
+    from ..model.forward import mlp_input, run
 
-    L = w.cfg.n_layers
+    L, tcs = w.cfg.n_layers, tcs or {}
     pre = "mlp.hook_pre_linear" if w.W_gate is not None else "mlp.hook_pre"
     per = ("ln1.hook_scale", "attn.hook_pattern", "attn.hook_v", "ln2.hook_scale", pre, "mlp.hook_post")
     taps = [f"blocks.{l}.{n}" for l in range(L) for n in per] + ["ln_final.hook_scale", "ln_final.hook_normalized"]
-    c = {k: v[0].float() for k, v in run(w, tokens[None], taps).items()}
+    taps += [f"blocks.{l}.{n}" for l in tcs for n in ("hook_resid_mid", "hook_mlp_out")]
+    cache = run(w, tokens[None], taps)
+    c = {k: v[0].float() for k, v in cache.items()}
     b = lambda l, n: c[f"blocks.{l}.{n}"]  # noqa: E731
-    gammas = []
+    gammas, posts, units, errs = [], [], [], []
     for l in range(L):
-        lin, post = b(l, pre), b(l, "mlp.hook_post")
-        ok = lin.abs() > 1e-20  # post == gamma * lin; where lin is 0, post is 0 (gated) or act(0) == 0
-        gammas.append(torch.where(ok, post / torch.where(ok, lin, torch.ones_like(lin)), torch.zeros_like(lin)))
+        t = tcs.get(l)
+        if t is None:
+            lin, post = b(l, pre), b(l, "mlp.hook_post")
+            gammas.append(frozen_gate(lin, post))  # where lin is 0, post is 0 (gated) or act(0) == 0
+            posts.append(post)
+            units.append(_Units("neuron", _f(w.W_in[l]), _f(w.b_in[l]), _f(w.W_out[l]), _f(w.b_out[l])))
+            errs.append(None)
+            continue
+        t = t.to(c[taps[0]].device)
+        x = mlp_input(w, l, cache[f"blocks.{l}.hook_resid_mid"][0]).float()  # ln2's output, as the forward has it
+        fpre = x @ t.W_enc + t.b_enc
+        act = t.activate(fpre).float()
+        gammas.append(frozen_gate(fpre, act))
+        posts.append(act)
+        units.append(_Units("feature", t.W_enc, t.b_enc, t.W_dec, t.b_dec, t.number))
+        errs.append(b(l, "hook_mlp_out") - (act @ t.W_dec + t.b_dec))
     return _Trace(
         s1=[b(l, "ln1.hook_scale") for l in range(L)], pattern=[b(l, "attn.hook_pattern") for l in range(L)],
         v=[b(l, "attn.hook_v") for l in range(L)], s2=[b(l, "ln2.hook_scale") for l in range(L)],
-        post=[b(l, "mlp.hook_post") for l in range(L)], gamma=gammas,
-        sf=c["ln_final.hook_scale"], xf=c["ln_final.hook_normalized"][pos],
+        post=posts, gamma=gammas,
+        sf=c["ln_final.hook_scale"], xf=c["ln_final.hook_normalized"][pos], units=units, err=errs,
     )
 
 
@@ -127,13 +189,15 @@ class _Setup:
     d: Tensor  # [d_model] reading vector of the logit through the frozen final norm
     logit: float
     trace: _Trace
+    transcoders: dict = dataclasses.field(default_factory=dict)  # {layer: Transcoder}
 
 
-def _setup(model, prompt, target, pos, contrast) -> _Setup:
+def _setup(model, prompt, target, pos, contrast, transcoders=None) -> _Setup:
     w = weights_of(model)
+    tcs = by_layer(transcoders, w.cfg)
     tokens = prompt_tokens(model, prompt)
     pos = position(pos, tokens.numel())
-    trace = _trace(w, tokens, pos)
+    trace = _trace(w, tokens, pos, tcs)
     W_U, b_U = _f(w.W_U), _f(w.b_U)
     if target is None:  # the model's own top prediction; one row of the unembedding, not all logits
         target = int((trace.xf @ W_U + b_U).argmax())
@@ -146,28 +210,35 @@ def _setup(model, prompt, target, pos, contrast) -> _Setup:
         u, u_bias = u - W_U[:, contrast], u_bias - b_U[contrast]
     logit = float(trace.xf @ u + u_bias)
     d = centre(_f(w.lnf_w) * u, w.cfg.norm) / trace.sf[pos]
-    return _Setup(tokens, pos, target, contrast, u, float(u_bias), d, logit, trace)
+    return _Setup(tokens, pos, target, contrast, u, float(u_bias), d, logit, trace, tcs)
 
 
 def direct_logit(model, prompt, target: int | str | None = None, pos: int = -1,
-                 contrast: int | str | None = None) -> DirectLogit:
+                 contrast: int | str | None = None, transcoders=None) -> DirectLogit:
     """Exact direct contributions of every node at ``pos`` to the target logit (see :class:`DirectLogit`).
 
     ``model``: a :class:`circuitbook.model.Model` (or bare Weights with token ids); ``target``: token id or
     one-token string (None: the model's top prediction); ``contrast``: optional second token for a logit
-    difference.
+    difference; ``transcoders``: :class:`~.replacement.Transcoder` records whose features (and error) stand
+    in for their layers' neurons (those layers' rows of ``neurons`` are then 0).
     """
     w = weights_of(model)
-    s = _setup(model, prompt, target, pos, contrast)
+    s = _setup(model, prompt, target, pos, contrast, transcoders)
     tr, p, d = s.trace, s.pos, s.d
-    heads, neurons = [], []
+    heads, neurons, features, errors = [], [], {}, {}
     for l in range(w.cfg.n_layers):
         ov = torch.einsum("hed,d->he", _f(w.W_O[l]), d)  # [n_heads, d_head]
         heads.append(tr.pattern[l][:, p, :] * torch.einsum("khe,he->hk", tr.v[l], ov))
-        neurons.append(tr.post[l][p] * (_f(w.W_out[l]) @ d))
+        U = tr.units[l]
+        if U.kind == "neuron":
+            neurons.append(tr.post[l][p] * (U.W_out @ d))
+            continue
+        neurons.append(torch.zeros(w.cfg.d_mlp, device=d.device))
+        features[l] = tr.post[l][p] * (U.W_out @ d)
+        errors[l] = float(tr.err[l][p] @ d)
     e = _f(w.W_E[s.tokens[p]]) + (_f(w.W_pos[p]) if w.W_pos is not None else 0.0)
     return DirectLogit(input=float(e @ d), heads=torch.stack(heads), neurons=torch.stack(neurons),
-                       constants=_direct_constants(w, s), logit=s.logit)
+                       constants=_direct_constants(w, s), logit=s.logit, features=features, errors=errors)
 
 
 # --------------------------------------------------------------------------- backward through the frozen model
@@ -176,7 +247,8 @@ class _Backward:
     """Per layer (positions first): g_mid [pos, d_model] (gradient just after attention, before the MLP),
     g_post [pos, d_model] (after the MLP); y [n_heads, q, d_head] = g_mid[q] @ W_O[h]^T;
     a [pos, d_mlp] = g_post @ W_out^T; g_in [pos, d_model] gradient at the embeddings.
-    Values: inputs [pos]; heads [n_heads, q, k]; neurons [pos, d_mlp]."""
+    Values: inputs [pos]; heads [n_heads, q, k]; neurons [pos, d_mlp] (a transcoder's layer: its features
+    [pos, n_features]); errors: per layer [pos] (None for neuron layers)."""
 
     g_mid: list[Tensor]
     g_post: list[Tensor]
@@ -187,6 +259,7 @@ class _Backward:
     v_heads: list[Tensor]
     v_neurons: list[Tensor]
     bias_flow: dict[str, float]
+    v_errors: list[Tensor | None] = dataclasses.field(default_factory=list)
 
 
 def _embed(w, tokens: Tensor) -> Tensor:
@@ -205,18 +278,25 @@ def _backward(w, s: _Setup) -> _Backward:
     flow = {"b_U": s.u_bias, "ln_final.b": float(_f(w.lnf_b) @ s.u)}
     g_mid, g_post, ys, As, vh, vn = [None] * cfg.n_layers, [None] * cfg.n_layers, [None] * cfg.n_layers, \
         [None] * cfg.n_layers, [None] * cfg.n_layers, [None] * cfg.n_layers
+    ve = [None] * cfg.n_layers
     for l in reversed(range(cfg.n_layers)):
         # MLP: resid_post = resid_mid + sum_i gamma_i * (LN2(resid_mid) @ W_in[:, i] + b_in[i]) * W_out[i] + b_out
+        # (a transcoder: W_enc, b_enc, W_dec, b_dec, plus its frozen error, a constant)
+        U = tr.units[l]
         g_post[l] = g
         live = g.any(-1)  # the last layer only matters at the target position: skip the other rows
-        a = torch.zeros(T, cfg.d_mlp, device=g.device)
-        a[live] = g[live] @ _f(w.W_out[l]).T  # [pos, d_mlp]
+        a = torch.zeros(T, U.n, device=g.device)
+        a[live] = g[live] @ U.W_out.T  # [pos, n]
         vn[l] = tr.post[l] * a
         ga = tr.gamma[l] * a
         raw = torch.zeros_like(g)
-        raw[live] = ga[live] @ _f(w.W_in[l]).T  # [pos, d_model]
-        flow[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ g.sum(0))
-        flow[f"blocks.{l}.mlp.b_in"] = float((ga * _f(w.b_in[l])).sum())
+        raw[live] = ga[live] @ U.W_in.T  # [pos, d_model]
+        n_in, n_out = U.bias_names(l)
+        flow[n_out] = float(U.b_out @ g.sum(0))
+        flow[n_in] = float((ga * U.b_in).sum())
+        if tr.err[l] is not None:
+            ve[l] = (tr.err[l] * g).sum(-1)
+            flow[f"blocks.{l}.transcoder.error"] = float(ve[l].sum())
         flow[f"blocks.{l}.ln2.b"] = float(_f(w.ln2_b[l]) @ raw.sum(0))
         g = g + centre(raw * _f(w.ln2_w[l]), cfg.norm) / tr.s2[l]
         # attention: resid_mid = resid_pre + sum_{h,k} pattern[h,q,k] * (LN1(resid_pre[k]) @ W_V[h] + b_V[h]) @ W_O[h] + b_O
@@ -232,7 +312,7 @@ def _backward(w, s: _Setup) -> _Backward:
         g = g + centre(raw * _f(w.ln1_w[l]), cfg.norm) / tr.s1[l]
         As[l] = a
     v_in = (_embed(w, s.tokens) * g).sum(-1)
-    return _Backward(g_mid, g_post, ys, As, g, v_in, vh, vn, flow)
+    return _Backward(g_mid, g_post, ys, As, g, v_in, vh, vn, flow, ve)
 
 
 # --------------------------------------------------------------------------- the graph
@@ -249,7 +329,7 @@ def _label_map(labels) -> dict[tuple[str, int, int], str]:
 def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
               contrast: int | str | None = None, max_nodes: int | None = 40, max_edges: int | None = 150,
               node_threshold: float = 0.0, edge_threshold: float = 0.0, keep_inputs: bool = False,
-              labels=None) -> Graph:
+              labels=None, transcoders=None) -> Graph:
     """The attribution graph of ``logit[pos, target]`` (minus ``logit[pos, contrast]``) for ``prompt``.
 
     ``model``: a loaded :class:`circuitbook.model.Model`. ``prompt``: text (BOS is prepended) or token ids.
@@ -257,12 +337,15 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
     ``max_nodes`` / ``max_edges``: budgets (None: keep everything with nonzero value / weight);
     ``node_threshold`` / ``edge_threshold``: minimum |value| / |weight| in logit units.
     ``keep_inputs``: also keep every input token (beyond the budget), so the prompt forms the bottom row.
-    ``labels``: {(kind, layer, idx): label} or ``book.labelled()``; kept nodes carry them.
+    ``labels``: {(kind, layer, idx): label} or ``book.labelled()``; kept nodes carry them (features:
+    ("feature", dictionary number, idx)).
+    ``transcoders``: :class:`~.replacement.Transcoder` records (``circuitbook.dictionary.graph``): each one's
+    features and one error node per position replace its layer's neurons.
     See the module docstring for what values and weights mean and which sums are exact.
     """
     w = weights_of(model)
     cfg = w.cfg
-    s = _setup(model, prompt, target, pos, contrast)
+    s = _setup(model, prompt, target, pos, contrast, transcoders)
     bw = _backward(w, s)
     tr, T, L, H = s.trace, s.tokens.numel(), cfg.n_layers, cfg.n_heads
     toks = [int(t) for t in s.tokens.tolist()]
@@ -272,7 +355,9 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
     # ---- choose nodes: all candidate values in one flat vector (inputs, then per layer heads, neurons)
     groups = [("input", -1, bw.v_inputs)]
     for l in range(L):
-        groups += [("head", l, bw.v_heads[l]), ("neuron", l, bw.v_neurons[l])]
+        groups += [("head", l, bw.v_heads[l]), (tr.units[l].kind, l, bw.v_neurons[l])]
+        if bw.v_errors[l] is not None:
+            groups.append(("error", l, bw.v_errors[l]))
     flat = torch.cat([v.flatten() for _, _, v in groups]).abs()
     live = flat > 0
     if node_threshold > 0:
@@ -315,13 +400,27 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
             outs.append((q, 2 * l + 1, out))
             reads.append((k, 2 * l + 1, rv))
             continue
-        q, i = r // cfg.d_mlp, r % cfg.d_mlp
-        out = tr.post[l][q, i] * _f(w.W_out[l, i])
-        rv = (tr.gamma[l][q, i] * bw.a[l][q, i] * centre(_f(w.ln2_w[l]) * _f(w.W_in[l][:, i]), cfg.norm)
+        U = tr.units[l]
+        if kind == "error":  # a frozen constant vector: writes like a node, reads nothing
+            q = r
+            out = tr.err[l][q]
+            nodes.append(Node(f"error/{l}/{q}", "error", l, 0, q, None, strs[q], float(vals[q]),
+                              float(out @ d_dir) if q == s.pos else 0.0, float(out.norm()), None, group=U.number))
+            outs.append((q, 2 * l + 2, out))
+            reads.append(None)
+            continue
+        q, i = r // U.n, r % U.n
+        out = tr.post[l][q, i] * U.W_out[i]
+        rv = (tr.gamma[l][q, i] * bw.a[l][q, i] * centre(_f(w.ln2_w[l]) * U.W_in[:, i], cfg.norm)
               / tr.s2[l][q])
-        nodes.append(Node(f"neuron/{l}/{i}/{q}", "neuron", l, i, q, None, strs[q], float(vals[q, i]),
-                          float(out @ d_dir) if q == s.pos else 0.0, float(tr.post[l][q, i]),
-                          lab.get(("neuron", l, i))))
+        if kind == "feature":
+            nodes.append(Node(f"feature/{U.number}/{i}/{q}", "feature", l, i, q, None, strs[q], float(vals[q, i]),
+                              float(out @ d_dir) if q == s.pos else 0.0, float(tr.post[l][q, i]),
+                              lab.get(("feature", U.number, i)), group=U.number))
+        else:
+            nodes.append(Node(f"neuron/{l}/{i}/{q}", "neuron", l, i, q, None, strs[q], float(vals[q, i]),
+                              float(out @ d_dir) if q == s.pos else 0.0, float(tr.post[l][q, i]),
+                              lab.get(("neuron", l, i))))
         outs.append((q, 2 * l + 2, out))
         reads.append((q, 2 * l + 2, rv))
     tgt_str = token_str(model, s.target)
@@ -361,7 +460,9 @@ def attribute(model, prompt, target: int | str | None = None, *, pos: int = -1,
         logit=s.logit, constants=_direct_constants(w, s), bias_flow=bw.bias_flow, nodes=nodes, edges=edges, n_layers=L,
         n_candidates=n_candidates,
         settings=dict(max_nodes=max_nodes, max_edges=max_edges, node_threshold=node_threshold,
-                      edge_threshold=edge_threshold, keep_inputs=keep_inputs),
+                      edge_threshold=edge_threshold, keep_inputs=keep_inputs,
+                      **({"transcoders": [{"layer": t.layer, "number": t.number, "name": t.name}
+                                          for t in s.transcoders.values()]} if s.transcoders else {})),
     )
 
 
@@ -369,5 +470,6 @@ def _direct_constants(w, s: _Setup) -> dict[str, float]:
     consts = {"b_U": s.u_bias, "ln_final.b": float(_f(w.lnf_b) @ s.u)}
     for l in range(w.cfg.n_layers):
         consts[f"blocks.{l}.attn.b_O"] = float(_f(w.b_O[l]) @ s.d)
-        consts[f"blocks.{l}.mlp.b_out"] = float(_f(w.b_out[l]) @ s.d)
+        U = s.trace.units[l]
+        consts[U.bias_names(l)[1]] = float(U.b_out @ s.d)
     return consts

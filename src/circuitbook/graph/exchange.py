@@ -12,6 +12,8 @@ How our nodes map (``layer`` is the model layer; their frontend orders rows by i
 
     input k (token t)        "E_{t}_{k}", layer "E", feature k, feature_type "embedding"
     neuron l,i @q            "{l}_{i}_{q}", feature i, feature_type "mlp neuron"
+    feature n,i @q (layer l) "{l}_{i}_{q}", feature i, feature_type "mlp feature" (a transcoder's feature)
+    error l @q               "{l}_{ERROR_FEATURE}_{q}", feature_type "mlp reconstruction error"
     head l,h q<-k            "{l}_{HEAD_BASE + h * 1000 + k}_{q}", feature HEAD_BASE + h*1000 + k,
                              feature_type "attention head"  (their files have no head nodes; the source
                              position is folded into the feature number so every node id is unique)
@@ -38,6 +40,7 @@ import math
 from .types import Edge, Graph, GraphError, Node
 
 HEAD_BASE = 1_000_000
+ERROR_FEATURE = 2 * HEAD_BASE  # a transcoder's error node: one per layer and position, apart from every feature
 LOADABLE = "cross layer transcoder"  # the feature_type whose feature file their feature panel loads
 
 
@@ -50,6 +53,8 @@ def _ct_id(n: Node, g: Graph) -> tuple[str, int, str, str]:
     if n.kind == "head":
         f = HEAD_BASE + n.index * 1000 + (n.src or 0)
         return f"{n.layer}_{f}_{n.pos}", f, str(n.layer), "attention head"
+    if n.kind == "error":
+        return f"{n.layer}_{ERROR_FEATURE}_{n.pos}", ERROR_FEATURE, str(n.layer), "mlp reconstruction error"
     return f"{n.layer}_{n.index}_{n.pos}", n.index, str(n.layer), f"mlp {n.kind}"
 
 

@@ -14,7 +14,8 @@ the sorted influences (over all nodes and error sources) first reach ``node_shar
 total; every input and the logit are always kept. **Edges** kept (among kept nodes): score(s -> t) =
 N'[t, s] * (influence'(t) + l(t)) with N', influence' recomputed on the node-pruned matrix, at the cut
 where the sorted scores reach ``edge_share`` (default 0.98). Then, repeatedly, a head / neuron node with
-no kept out-edge or no kept in-edge is dropped (with its edges).
+no kept out-edge or no kept in-edge is dropped (with its edges); a transcoder's error node (a frozen
+constant) needs only a kept out-edge.
 
 Figures (:class:`PruneReport`), all from the unpruned ``influence``:
 
@@ -146,11 +147,12 @@ def prune_by_influence(g: Graph, node_share: float = 0.8, edge_share: float = 0.
     emask = (scores >= cut(scores, edge_share)) & (P != 0)
     emask[:, n:] = False
     unit = torch.tensor([g.node(i).kind not in ("input", "logit") for i in ids])
+    source = torch.tensor([g.node(i).kind == "error" for i in ids])  # a transcoder's error: no in-edges by nature
     while True:
         emask[~keep] = False
         emask[:, ~keep] = False
         k_new = keep.clone()
-        k_new[:n] &= ~unit | (emask[:n, :n].any(0) & emask[:n, :n].any(1))
+        k_new[:n] &= ~unit | (emask[:n, :n].any(0) & (emask[:n, :n].any(1) | source))
         if torch.equal(k_new, keep):
             break
         keep = k_new

@@ -9,13 +9,15 @@ JSON schema ("circuitbook.graph/1"), every float in logit units unless noted:
      "constants": {name: float},   # direct constant terms: sum(direct of all nodes at pos) + sum == logit
      "bias_flow": {name: float},   # total effect of each constant: sum(value of all inputs) + sum == logit
      "n_layers": int, "n_candidates": int, "settings": {...pruning options...},
-     "nodes": [{"id": str, "kind": "input"|"head"|"neuron"|"logit", "layer": int, "index": int,
-                "pos": int, "src": int|null, "token": str, "value": float, "direct": float,
-                "activation": float|null, "label": str|null, "title": str}],
+     "nodes": [{"id": str, "kind": "input"|"head"|"neuron"|"feature"|"error"|"logit", "layer": int,
+                "index": int, "pos": int, "src": int|null, "token": str, "value": float, "direct": float,
+                "activation": float|null, "label": str|null, "title": str,
+                "group": int}],                    # group: feature / error nodes only (dictionary number)
      "edges": [{"source": node id, "target": node id, "weight": float}]}   # |weight| descending
 
 Node fields are those of :class:`~circuitbook.graph.types.Node` (ids "input/{pos}",
-"head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}", "logit"; ordering and edge signs are
+"head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}", "feature/{dictionary}/{idx}/{pos}",
+"error/{layer}/{pos}", "logit"; ordering and edge signs are
 documented in :mod:`circuitbook.graph.types`); "title" is derived. The graph stage knows no URLs: the web
 layer's JSON endpoint adds a "link" to each node (``circuitbook.web.links.node_url``), and :func:`from_json`
 ignores it.
@@ -58,7 +60,8 @@ def to_json(g: Graph) -> dict:
         "constants": dict(g.constants), "bias_flow": dict(g.bias_flow),
         "n_layers": g.n_layers, "n_candidates": g.n_candidates, "settings": dict(g.settings),
         "nodes": [{**{f: getattr(n, f) for f in _NODE_FIELDS}, "title": n.title,
-                   **({"stage_hint": n.stage_hint} if n.stage_hint is not None else {})} for n in g.nodes],
+                   **({"stage_hint": n.stage_hint} if n.stage_hint is not None else {}),
+                   **({"group": n.group} if n.group is not None else {})} for n in g.nodes],
         "edges": [{"source": e.source, "target": e.target, "weight": e.weight} for e in g.edges],
     }
 
@@ -79,7 +82,8 @@ def from_json(d: dict | str) -> Graph:
         pos=t["pos"], target=t["token"], target_str=t["token_str"], contrast=t["contrast"],
         contrast_str=t["contrast_str"], logit=t["logit"], constants=dict(d["constants"]),
         bias_flow=dict(d["bias_flow"]),
-        nodes=[Node(**{f: n[f] for f in _NODE_FIELDS}, stage_hint=n.get("stage_hint")) for n in d["nodes"]],
+        nodes=[Node(**{f: n[f] for f in _NODE_FIELDS}, stage_hint=n.get("stage_hint"), group=n.get("group"))
+               for n in d["nodes"]],
         edges=[Edge(e["source"], e["target"], e["weight"]) for e in d["edges"]],
         n_layers=d["n_layers"], n_candidates=d["n_candidates"], settings=dict(d.get("settings", {})),
     )
@@ -100,13 +104,17 @@ def esc(s) -> str:
 _STYLE = {  # kind: (fill, stroke)
     "input": ("#edf2f7", "#4a5568"), "head": ("#fefcbf", "#b7791f"),
     "neuron": ("#c6f6d5", "#2f855a"), "logit": ("#e9d8fd", "#6b46c1"),
-    "supernode": ("#fed7e2", "#b83280"),
+    "supernode": ("#fed7e2", "#b83280"), "feature": ("#bee3f8", "#2b6cb0"), "error": ("#e2e8f0", "#718096"),
 }
 
 
 def _short(n: Node) -> str:
     if n.kind == "neuron":
         return f"N{n.index}"
+    if n.kind == "feature":
+        return f"F{n.index}"
+    if n.kind == "error":
+        return "error"
     if n.kind == "head":
         return f"H{n.index} {n.pos}\u2190{n.src}"
     if n.kind == "supernode":
@@ -122,7 +130,7 @@ def _tooltip(n: Node) -> str:
         lines.append(f"label: {n.label}")
     lines.append(f"value {n.value:+.4f}  direct {n.direct:+.4f}")
     if n.activation is not None and n.kind != "logit":
-        lines.append(("attention " if n.kind == "head" else "activation ") + f"{n.activation:.4f}")
+        lines.append({"head": "attention ", "error": "error norm "}.get(n.kind, "activation ") + f"{n.activation:.4f}")
     if n.kind == "head":
         lines.append(f"source token {n.token!r}")
     return "\n".join(map(esc, lines))  # escaped line by line: real line breaks in the tooltip
@@ -189,13 +197,13 @@ def to_svg(g: Graph, link: Callable[[Node], str | None] | None = None, node_w: i
         out.append(f'<a href="{esc(href)}" xlink:href="{esc(href)}" {attrs}>' if href else f"<g {attrs}>")
         out.append(f"<title>{_tooltip(n)}</title>")
         w = node_w - 8
-        if n.kind == "neuron":
+        if n.kind in ("neuron", "feature"):
             out.append(f'<ellipse cx="{x:.1f}" cy="{y:.1f}" rx="{w / 2:.1f}" ry="{nh / 2}" fill="{fill}" stroke="{stroke}"/>')
         else:
             out.append(f'<rect x="{x - w / 2:.1f}" y="{y - nh / 2:.1f}" width="{w}" height="{nh}" rx="6" '
                        f'fill="{fill}" stroke="{stroke}"/>')
         out.append(f'<text x="{x:.1f}" y="{y - 2:.1f}" text-anchor="middle">{esc(_short(n))}</text>')
-        sub = n.label if n.label else (f"@{n.pos}" if n.kind in ("input", "neuron") else repr(n.token))
+        sub = n.label if n.label else (f"@{n.pos}" if n.kind in ("input", "neuron", "feature", "error") else repr(n.token))
         sub = sub if len(sub) <= 16 else sub[:15] + "\u2026"
         out.append(f'<text x="{x:.1f}" y="{y + 11:.1f}" text-anchor="middle" font-size="9" fill="#4a5568">'
                    f'{esc(sub)} {n.value:+.2f}</text>')

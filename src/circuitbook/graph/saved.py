@@ -95,27 +95,41 @@ def load(book, name: str) -> SavedGraph:
                       r["book_fingerprint"], r["created"], groups)
 
 
-def compute(model, prompt, target, settings: dict, labels=None):
-    """The graph for ``settings`` (``prune`` present: influence pruning, else top-N); -> (Graph, report|None)."""
+def compute(model, prompt, target, settings: dict, labels=None, transcoders=None):
+    """The graph for ``settings`` (``prune`` present: influence pruning, else top-N); -> (Graph, report|None).
+    A graph saved with transcoder features (``settings["transcoders"]``) needs those ``transcoders`` again
+    (``circuitbook.dictionary.graph.book_transcoders``): GraphError without them."""
     from .attribution import attribute
     from .prune import attribute_pruned
 
+    want = [t["number"] for t in settings.get("transcoders", [])]
+    have = sorted(t.number for t in (transcoders or []))
+    if sorted(want) != have:
+        raise GraphError(f"the graph was built with the transcoder features of dictionaries {want or 'none'}, "
+                         f"not {have or 'none'}: recompute it with the same dictionaries")
     pos, contrast = settings.get("pos", -1), settings.get("contrast")
     if settings.get("prune"):
         p = settings["prune"]
         return attribute_pruned(model, prompt, target, pool=settings.get("pool", 300), node_share=p["node_share"],
-                                edge_share=p["edge_share"], labels=labels, pos=pos, contrast=contrast)
+                                edge_share=p["edge_share"], labels=labels, pos=pos, contrast=contrast,
+                                transcoders=transcoders)
     g = attribute(model, prompt, target, pos=pos, contrast=contrast, max_nodes=settings.get("max_nodes", 40),
                   max_edges=settings.get("max_edges", 150), node_threshold=settings.get("node_threshold", 0.0),
                   edge_threshold=settings.get("edge_threshold", 0.0),
-                  keep_inputs=settings.get("keep_inputs", False), labels=labels)
+                  keep_inputs=settings.get("keep_inputs", False), labels=labels, transcoders=transcoders)
     return g, None
 
 
-def recompute(book, name: str, model, labels=None) -> tuple[Graph, bool]:
-    """The saved graph's prompt, target and settings through ``model``; True when its fingerprint changed."""
+def saved_transcoders(book, name: str) -> list[int]:
+    """The numbers of the dictionaries whose features the saved graph ``name`` was built with (often [])."""
+    return [t["number"] for t in load(book, name).settings.get("transcoders", [])]
+
+
+def recompute(book, name: str, model, labels=None, transcoders=None) -> tuple[Graph, bool]:
+    """The saved graph's prompt, target and settings through ``model`` (and the ``transcoders`` it was built
+    with, if any); True when the model's fingerprint changed."""
     s = load(book, name)
-    g, _ = compute(model, s.graph.tokens, s.graph.target, s.settings, labels)  # the saved ids: BOS as saved
+    g, _ = compute(model, s.graph.tokens, s.graph.target, s.settings, labels, transcoders)  # the saved ids
     return g, model.fingerprint() != s.model_fingerprint
 
 

@@ -56,7 +56,9 @@ def check_groups(g: Graph, groups: list[Supernode]) -> None:
 
 
 def _unit(n: Node) -> tuple[str, int, int] | None:
-    return (n.kind, n.layer, n.index) if n.kind in kind_names() else None
+    if n.kind not in kind_names():
+        return None
+    return (n.kind, n.layer if n.group is None else n.group, n.index)  # features: (feature, dictionary, idx)
 
 
 def auto_groups(g: Graph, types: dict[tuple[str, int, int], str] | None = None) -> list[Supernode]:

@@ -9,10 +9,13 @@ Plain data only: the maths that fills them is :mod:`.attribution`, JSON / SVG / 
     head   l,h,q,k   id "head/{l}/{h}/{q}/{k}": head h of layer l at query (destination) position q
                      reading source (key) position k; ``pos`` = q, ``src`` = k
     neuron l,i,q     id "neuron/{l}/{i}/{q}": neuron i of layer l at position q
+    feature n,i,q    id "feature/{n}/{i}/{q}": feature i of dictionary n (a transcoder in place of layer
+                     ``layer``'s MLP) at position q; ``layer`` = the model layer, ``group`` = n
+    error l,q        id "error/{l}/{q}": that transcoder's frozen error at q (MLP output minus its output)
     logit            id "logit": the target logit[pos, target] (or logit[pos, target] - logit[pos, contrast])
 
 **Node ordering.** ``Node.stage`` is the order in the forward: inputs 0, layer-l heads 2l+1, layer-l
-neurons 2l+2, the logit 2*n_layers+1. ``Graph.nodes`` is sorted by (stage, pos, src (None first), index):
+neurons (or features and error nodes) 2l+2, the logit 2*n_layers+1. ``Graph.nodes`` is sorted by (stage, pos, src (None first), index):
 inputs, layer 0 heads, layer 0 neurons, ..., the logit last.
 
 **Edge orientation and sign.** An :class:`Edge` points from ``source`` (the writer, earlier in the
@@ -27,6 +30,9 @@ positive means s pushes the target logit up through t, negative down. ``Graph.ed
     over the inputs   logit == sum_k value(input k) + sum(Graph.bias_flow.values())
     direct terms      logit == sum(direct of every node at pos) + sum(Graph.constants.values())
                       (:meth:`DirectLogit.total` is this sum)
+    with transcoders  the same sums, with feature and error nodes among the nodes and the error nodes'
+                      total value one entry of bias_flow (``blocks.{l}.transcoder.error``): see
+                      :mod:`.attribution`
     edges             with no pruning: sum_t w(s -> t) == value(s) and
                       sum_s w(s -> t) + (t's bias in-flow) == value(t)
 
@@ -52,18 +58,22 @@ class GraphError(CircuitbookError, ValueError):
 class Node:
     """One node of an attribution graph.
 
-    ``id``: "input/{pos}", "head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}" or "logit".
-    ``kind``: "input" | "head" | "neuron" | "logit".
+    ``id``: "input/{pos}", "head/{layer}/{head}/{q}/{k}", "neuron/{layer}/{idx}/{pos}",
+    "feature/{dictionary}/{idx}/{pos}", "error/{layer}/{pos}" or "logit".
+    ``kind``: "input" | "head" | "neuron" | "feature" | "error" | "logit".
     ``layer``: model layer; -1 for inputs, n_layers for the logit.
-    ``index``: head or neuron index; the token id for inputs and the logit (the target token).
+    ``index``: head, neuron or feature index; the token id for inputs and the logit (the target token);
+        0 for error nodes.
     ``pos``: the position the node writes to (heads: the query / destination position; logit: target pos).
     ``src``: heads only: the source (key) position it reads; None otherwise.
     ``token``: the token string at ``pos`` (heads: at ``src``; logit: the target token's string).
     ``value``: total effect on the target logit (logit units; the logit node: the logit itself).
     ``direct``: direct contribution to the logit through the frozen final norm (0 unless pos == target pos).
-    ``activation``: neuron post-activation, head attention weight pattern[q, k], logit for the logit, None
-        for inputs.
-    ``label``: the book's label for the unit (neurons and heads), or None.
+    ``activation``: neuron / feature activation, head attention weight pattern[q, k], the error vector's
+        norm for error nodes, logit for the logit, None for inputs.
+    ``label``: the book's label for the unit (neurons, heads, features), or None.
+    ``group``: features and error nodes: the dictionary's number in the book (the ``n`` of
+        ``feature/{n}/{idx}``); None otherwise.
     ``stage_hint``: supernodes only (kind "supernode", id "super/{name}", ``token`` its name): the row.
     """
 
@@ -79,6 +89,7 @@ class Node:
     activation: float | None
     label: str | None = None
     stage_hint: int | None = None  # a supernode's row: the latest stage among its members
+    group: int | None = None  # features / error nodes: the dictionary's number
 
     @property
     def stage(self) -> int:
@@ -88,6 +99,8 @@ class Node:
             return self.stage_hint
         if self.kind == "input":
             return 0
+        if self.kind in ("feature", "error"):  # in place of the layer's MLP
+            return 2 * self.layer + 2
         if self.kind in kind_names():
             return 2 * self.layer + unit_kind(self.kind).sublayer
         return 2 * self.layer + 1
@@ -99,6 +112,10 @@ class Node:
             return f"L{self.layer} N{self.index} @{self.pos}"
         if self.kind == "head":
             return f"L{self.layer} H{self.index} {self.pos}<-{self.src}"
+        if self.kind == "feature":
+            return f"L{self.layer} F{self.group}.{self.index} @{self.pos}"
+        if self.kind == "error":
+            return f"L{self.layer} error @{self.pos}"
         if self.kind == "input":
             return f"{self.token!r} @{self.pos}"
         if self.kind == "supernode":
@@ -159,8 +176,11 @@ class DirectLogit:
 
     ``input``: scalar, the input node at pos (the direct path W_E/W_pos -> W_U).
     ``heads``: [n_layers, n_heads, n_pos] — head (l, h) at query pos from source k (zero for k > pos).
-    ``neurons``: [n_layers, d_mlp] — neuron (l, i) at pos.
-    ``constants``: {"b_U", "ln_final.b", "blocks.{l}.attn.b_O", "blocks.{l}.mlp.b_out"}: floats.
+    ``neurons``: [n_layers, d_mlp] — neuron (l, i) at pos (0 in a layer a transcoder replaces).
+    ``constants``: {"b_U", "ln_final.b", "blocks.{l}.attn.b_O", "blocks.{l}.mlp.b_out"}: floats (a transcoder's
+    layer: "blocks.{l}.transcoder.b_dec" instead of mlp.b_out).
+    ``features``: {layer: [n_features]} — a transcoder's feature i at pos; ``errors``: {layer: float} — its
+    error node at pos.
     ``logit``: the forward's logit; ``total()`` == ``logit`` up to float rounding.
     """
 
@@ -169,6 +189,10 @@ class DirectLogit:
     neurons: Tensor
     constants: dict[str, float]
     logit: float
+    features: dict[int, Tensor] = dataclasses.field(default_factory=dict)
+    errors: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def total(self) -> float:
-        return self.input + float(self.heads.double().sum() + self.neurons.double().sum()) + sum(self.constants.values())
+        units = float(self.heads.double().sum() + self.neurons.double().sum())
+        units += sum(float(f.double().sum()) for f in self.features.values()) + sum(self.errors.values())
+        return self.input + units + sum(self.constants.values())

@@ -185,7 +185,7 @@ def create_app(book: Book | str | Path, model=None, loopback_only: bool = True) 
         q = PromptQuery(text=p.get("text", ""), target=p.get("target", ""),
                         target_id=num("target_id", 0) if tid.strip() else None, pos=num("pos", -1),
                         nodes=num("nodes", 40), edges=num("edges", 150), ablate=tuple(p.getlist("ablate")),
-                        mode=p.get("mode", "zero"))
+                        mode=p.get("mode", "zero"), features=p.get("features", ""))
         return q
 
     @app.get("/prompt", response_class=HTMLResponse)

@@ -24,7 +24,8 @@ def node_url(node, root: str = "/", static: bool = False) -> str | None:
     """The unit page of a graph node (its kind, layer and index), or None when it is no unit (input, logit)."""
     if node.kind not in kind_names():
         return None
-    return unit_url(node.kind, node.layer, node.index, root, static)
+    group = getattr(node, "group", None)  # features: the dictionary's number is their unit's layer slot
+    return unit_url(node.kind, node.layer if group is None else group, node.index, root, static)
 
 
 def saved_graph_url(name: str, action: str = "") -> str:

@@ -12,6 +12,8 @@ Query parameters (all optional but ``text``):
     pos         the position whose next-token logit is explained (default -1: the last)
     nodes       max graph nodes kept (default 40), edges: max edges (default 150)
     ablate      node ids to knock out together (repeatable), mode: "zero" | "mean"
+    features    a transcoder of the book (name or number): its features and one error node per position
+                replace its layer's neurons in the graph (``circuitbook.dictionary.graph``)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class PromptQuery:
     edges: int = 150
     ablate: tuple[str, ...] = ()
     mode: str = "zero"
+    features: str = ""
 
     def check(self) -> None:
         if len(self.text) > MAX_TEXT:
@@ -65,6 +68,8 @@ class PromptQuery:
             out.append(("target", d["target"]))
         out += [("pos", str(d["pos"])), ("nodes", str(d["nodes"])), ("edges", str(d["edges"]))]
         out += [("ablate", a) for a in d["ablate"]] + ([("mode", d["mode"])] if d["ablate"] else [])
+        if d["features"]:
+            out.append(("features", d["features"]))
         return out
 
 
@@ -81,17 +86,25 @@ class PromptRunner:
     def _labels(self) -> dict[tuple[str, int, int], str]:
         return {(u.kind, u.layer, u.idx): u.label for u in self.book.labelled()}
 
+    def transcoders(self, q: PromptQuery):
+        """The transcoder ``q.features`` names (None without one), loaded from the book and checked against the model."""
+        if not q.features.strip():
+            return None
+        from ..dictionary.graph import book_transcoders
+
+        return book_transcoders(self.book, [q.features.strip()], self.model.cfg)
+
     def graph(self, q: PromptQuery):
         from ..graph import attribute
 
         labels = self._labels()
-        key = (q.text, q.target_arg, q.pos, q.nodes, q.edges, tuple(sorted(labels.items())))
+        key = (q.text, q.target_arg, q.pos, q.nodes, q.edges, q.features.strip(), tuple(sorted(labels.items())))
         with self.lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             g = attribute(self.model, q.text, q.target_arg, pos=q.pos, max_nodes=q.nodes, max_edges=q.edges,
-                          labels=labels)
+                          labels=labels, transcoders=self.transcoders(q))
             self._cache[key] = g
             while len(self._cache) > 8:
                 self._cache.popitem(last=False)

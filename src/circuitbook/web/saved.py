@@ -75,7 +75,7 @@ def add_saved_graph_routes(app: FastAPI, book, site, runner) -> None:
         try:
             q = PromptQuery(text=_one(f, "text"), target=_one(f, "target"), target_id=int(tid) if tid else None,
                             pos=int(_one(f, "pos", "-1") or -1), nodes=int(_one(f, "nodes", "40") or 40),
-                            edges=int(_one(f, "edges", "150") or 150))
+                            edges=int(_one(f, "edges", "150") or 150), features=_one(f, "features"))
         except ValueError:
             raise CircuitbookError("target_id, pos, nodes and edges must be integers") from None
         q.check()
@@ -87,7 +87,8 @@ def add_saved_graph_routes(app: FastAPI, book, site, runner) -> None:
                 from ..graph.prune import attribute_pruned
 
                 with r.lock:
-                    g, _ = attribute_pruned(r.model, q.text, q.target_arg, pos=q.pos, labels=r._labels())
+                    g, _ = attribute_pruned(r.model, q.text, q.target_arg, pos=q.pos, labels=r._labels(),
+                                            transcoders=r.transcoders(q))
                 extra = {"pool": 300}
             else:
                 g, extra = r.graph(q), None
