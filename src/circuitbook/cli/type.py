@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--min-count", type=int, default=5, help="tokens seen fewer times are left out (default 5)")
     p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate (default 0.05)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--features", metavar="NAME",
+                   help="type the features of this transcoder in the book instead of the neurons (from their "
+                        "weights; printed, the neurons' stored types are left as they are)")
     add_encoding_arg(p)
     p.set_defaults(func=run, writes=("book",))
 
@@ -55,6 +58,8 @@ def run(args) -> int:
     check_corpus_arg(args)
     stories = list(islice(read_stories(corpus), args.max_stories))
     model = load(args)
+    if args.features:
+        return _features(args, model, stories)
     book = Book.open(args.book)
     res = type_model(model, stories, book=book, settings=Settings(alpha=args.alpha), min_count=args.min_count,
                      batch_size=args.batch_size)
@@ -62,4 +67,25 @@ def run(args) -> int:
     print(f"typed {len(res.types)} neurons against {len(res.universe)} tokens seen >= {args.min_count} times "
           f"in {len(stories)} stories ({res.token_classes.source['tagger']})")
     print(res.summary.table())
+    return 0
+
+
+def _features(args, model, stories) -> int:
+    from ..book import Book
+    from ..dictionary.store import load_from_book
+    from ..roles.classify import Settings
+    from ..roles.run import type_features
+
+    from ..book import scan as bs
+
+    book = Book.open(args.book, create=False, readonly=True)
+    d, row = load_from_book(book, args.features)
+    stats = [bs.unit_stats(book, "feature", row["number"], i) for i in range(d.cfg.d_sae)]
+    alive = None if any(s is None for s in stats) else [s.fire_rate > 0 for s in stats]
+    res = type_features(model, d, stories, settings=Settings(alpha=args.alpha), min_count=args.min_count,
+                        alive=alive)
+    dead = "" if alive is None else f", {d.cfg.d_sae - sum(alive)} dead features (the scan's fire rate 0) left out"
+    print(f"typed {len(res.types)} features of {args.features} against {len(res.universe)} tokens seen >= "
+          f"{args.min_count} times in {len(stories)} stories (from their weights; not stored{dead})")
+    print(res.summary.table().replace("neurons", "units"))
     return 0

@@ -119,7 +119,8 @@ class UnitType:
 
 def select(scores: np.ndarray, tau: float, k_min: int, k_max: int, z_min: float | None = None) -> np.ndarray:
     """scores [n, N] -> bool [n, N]: per row the tokens scoring >= tau * row max (and > 0) or, with ``z_min``,
-    standing >= z_min robust standard deviations (1.4826 x MAD) above the row's median, whichever holds more;
+    standing >= z_min robust standard deviations (1.4826 x MAD, at least 5% of the row's max above its median)
+    above the row's median, whichever holds more;
     at least k_min and at most k_max of them (ties broken by universe order). The robust rule keeps a rule's
     whole token set when one member outscores the others (sixteen verbs read with weights 1 to 3 over a
     flat floor), where tau x max alone would cut it in half."""
@@ -131,7 +132,8 @@ def select(scores: np.ndarray, tau: float, k_min: int, k_max: int, z_min: float 
     if z_min is not None:
         med = np.median(scores, axis=1, keepdims=True)
         mad = np.median(np.abs(scores - med), axis=1, keepdims=True) * 1.4826
-        K = np.maximum(K, ((top - med) >= z_min * np.maximum(mad, 1e-12)).sum(1))
+        sd = np.maximum(mad, 0.05 * (best - med))  # a flat floor (MAD ~ 0) is not a licence for float noise
+        K = np.maximum(K, ((top - med) >= z_min * np.maximum(sd, 1e-12)).sum(1))
     K = np.clip(K, min(k_min, N), min(k_max, N))
     sel = np.zeros((n, N), dtype=bool)
     rank = np.arange(N)[None, :] < K[:, None]
