@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from circuitbook.demo.superposition import build_superposition
-from circuitbook.roles.run import type_features, type_model
+from circuitbook.dictionary.typing import type_features
+from circuitbook.roles.run import type_model
 
 _spec = importlib.util.spec_from_file_location("dict_conftest", Path(__file__).parents[1] / "dictionary" / "conftest.py")
 _conf = importlib.util.module_from_spec(_spec)

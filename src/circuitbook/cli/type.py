@@ -74,7 +74,7 @@ def _features(args, model, stories) -> int:
     from ..book import Book
     from ..dictionary.store import load_from_book
     from ..roles.classify import Settings
-    from ..roles.run import type_features
+    from ..dictionary.typing import type_features
 
     from ..book import scan as bs
 
