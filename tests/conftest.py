@@ -47,3 +47,17 @@ def ts1l(ts1l_dir):
     from circuitbook.model import load_model
 
     return load_model(ts1l_dir)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads_restored(request):
+    """A test module that changes torch's thread count must put it back: later modules compare results
+    computed in this process with ones from fresh processes, and float sums differ across thread counts."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    left = torch.get_num_threads()
+    if left != n:
+        torch.set_num_threads(n)
+        pytest.fail(f"{request.module.__name__} left torch at {left} threads (was {n})")

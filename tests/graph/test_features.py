@@ -58,10 +58,14 @@ def ts1l_transcoder(ts1l, stories_path):
     from circuitbook.dictionary.config import TrainConfig
     from circuitbook.dictionary.trainer import train
 
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    stories = [s for _, s in zip(range(40), read_stories(stories_path))]
-    r = train(ts1l, stories, DictionaryConfig("transcoder", 0, ts1l.cfg.d_model, 512, "topk", k=16),
-              TrainConfig(tokens=8192, batch_size=1024, dead_tokens=4096), progress=False)
+    try:
+        stories = [s for _, s in zip(range(40), read_stories(stories_path))]
+        r = train(ts1l, stories, DictionaryConfig("transcoder", 0, ts1l.cfg.d_model, 512, "topk", k=16),
+                  TrainConfig(tokens=8192, batch_size=1024, dead_tokens=4096), progress=False)
+    finally:
+        torch.set_num_threads(n)
     return r.dictionary
 
 
