@@ -1,5 +1,9 @@
 """``circuitbook handcraft SPEC --model MODEL --corpus PATH [--book BOOK.db]``: build a spec into the model,
-evaluate it against the original and its ablation baselines, print the figures and store them."""
+evaluate it against the original and its ablation baselines, print the figures and store them.
+
+A spec that names dictionary features (``replaces: {feature: ...}``, ``{direction: {feature: ...}}``) reads
+those dictionaries from ``--book`` (``circuitbook.dictionary.handcraft``); the error-term setting
+(``dictionary_error``, default keep) is printed with the figures and stored with them."""
 
 from __future__ import annotations
 
@@ -102,6 +106,20 @@ def stories_of(args, need: int = 2) -> list[str]:
     return stories
 
 
+def spec_dictionaries(spec, book, model) -> dict:
+    """{name: FeatureDictionary} for the dictionaries ``spec`` names, read from ``book`` and checked against
+    ``model`` (BookError for one the book does not have, DictionaryError for one that does not fit)."""
+    from ..dictionary.handcraft import book_feature_dictionaries
+
+    names = spec.dictionary_names()
+    if not names:
+        return {}
+    if book is None:
+        raise CircuitbookError(f"the spec names dictionary features ({', '.join(names)}), but the book does not "
+                               f"exist yet: it holds no dictionaries")
+    return book_feature_dictionaries(book, names, model.cfg, model.weights.W_E.device)
+
+
 def _run_key(spec, model, corpus: str, classes: dict, args) -> str:
     """What this evaluation is: a re-run of the same (spec, model, corpus, classes, settings) replaces it."""
     import hashlib
@@ -114,7 +132,7 @@ def _run_key(spec, model, corpus: str, classes: dict, args) -> str:
 
 def main(args) -> int:
     from ..corpus import corpus_hash
-    from ..handcraft import evaluate_spec, load_spec, save_checkpoint
+    from ..handcraft import FeatureRef, evaluate_spec, load_spec, save_checkpoint
     from ..handcraft.evaluate import store
 
     from ..book import Book
@@ -134,9 +152,16 @@ def main(args) -> int:
         Book.check(args.book)
     if args.save_model and Path(args.save_model).exists() and not Path(args.save_model).is_dir():
         raise CircuitbookError(f"--save-model {args.save_model} is a file, not a directory")
+    if not args.from_book and spec.dictionary_names() and not args.book:
+        raise CircuitbookError(f"{args.spec} names dictionary features ({', '.join(spec.dictionary_names())}): "
+                               f"give --book, the book that holds the dictionaries")
+    if args.save_model and not args.from_book and any(isinstance(n.replaces, FeatureRef) for n in spec.neurons):
+        raise CircuitbookError("--save-model: a spec that replaces dictionary features runs with the dictionary "
+                               "spliced in place of an MLP, which no checkpoint holds")
     model, book = model_and_book(args)  # the book read-only: nothing is written before the evaluation is done
     if book is not None:
         check_same_model(book, model)
+    dictionaries = spec_dictionaries(spec, book, model)
     if args.from_book:
         from ..explain.to_spec import spec_from_explanations
 
@@ -147,7 +172,7 @@ def main(args) -> int:
     stories = stories_of(args)
     n_fit = max(1, min(len(stories) - 1, round(len(stories) * args.fit_fraction)))
     r = evaluate_spec(spec, model, stories[:n_fit], stories[n_fit:], classes, args.max_len, args.batch_size,
-                      progress=True, fit_progress=False)
+                      progress=True, fit_progress=False, dictionaries=dictionaries)
     print(f"spec {spec.name!r}: {len(r.built.replaced)} replaced, {len(r.built.added)} added, "
           f"{len(r.built.removed)} units removed in the baselines; fitted on {n_fit} stories, "
           f"evaluated on {len(stories) - n_fit}")

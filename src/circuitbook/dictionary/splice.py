@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..corpus import batches
 from ..handcraft.evaluate import recovered
+from ..handcraft.features import splice_interventions
 from ..model.forward import mlp_input
 from .activations import layer_io
 from .config import DictionaryError
@@ -86,23 +87,12 @@ def mean_mlp_out(model, layer: int, stories: Iterable[str], max_tokens: int = 20
 
 
 def _replace(model, d: Dictionary, with_error: bool):
-    """Interventions that put the dictionary's output in place of hook_mlp_out (captured input for transcoders)."""
-    L = d.cfg.layer
-    box: dict[str, Tensor] = {}
+    """Interventions that put the dictionary's output in place of hook_mlp_out (captured input for transcoders):
+    handcraft's splice (``handcraft.features.splice_interventions``), no feature edited."""
+    from .handcraft import feature_dictionary  # (it imports store, which imports this module)
 
-    def capture(resid):
-        box["x"] = mlp_input(model.weights, L, resid)
-        return resid
-
-    def replace(out):
-        x = out if d.cfg.kind == "sae" else box.pop("x")
-        y_hat = d(x.float()).to(out.dtype)
-        return y_hat + (out - y_hat) if with_error else y_hat
-
-    iv = {f"blocks.{L}.hook_mlp_out": replace}
-    if d.cfg.kind != "sae":
-        iv[f"blocks.{L}.hook_resid_mid"] = capture
-    return iv
+    return splice_interventions(model.weights, feature_dictionary(d, device=model.weights.W_E.device),
+                                error="keep" if with_error else "drop")
 
 
 def _logp(model, tokens, interventions=None) -> Tensor:

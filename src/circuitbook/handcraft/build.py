@@ -18,6 +18,15 @@ Everything is fitted against what the component really reads and writes, through
 
 Order of building (each step calibrates on the model as edited so far): direct path, heads,
 ``attention: replace`` ablation, neurons, ``mlp: replace`` ablation.
+
+Dictionary features (``dictionaries={name: FeatureDictionary}``, :mod:`.features`): a direction
+``{feature: ...}`` is the feature's W_enc column (input; the unit must sit in the dictionary's layer, and an
+SAE's encoder, which reads the MLP's output, is refused) or W_dec row (output). An entry that ``replaces`` a
+feature is fitted like a neuron of the dictionary's layer (same calibration, same readers and writers), but
+is not put into the MLP: ``Built.features`` splices the dictionary in place of that layer's MLP with the
+feature set to 0 and the unit's write ``act_fn(x @ w_in + b_in) * w_out`` added, the error term kept or
+dropped as ``spec.dictionary_error`` says. Such a layer takes no other neuron entries, and ``mlp: replace``
+does not mix with replaced features (the error term would carry the ablated MLP).
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from torch import Tensor
 from ..model import Model, Weights, run
 from ..model.maths import centre, norm
 from ..progress import progress as progress_bar
-from .spec import ClassMap, Direction, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
-from .splice import UnitMeans, ablate_heads, ablate_neurons, add_neurons, replace_head, replace_neuron, unit_means
+from .features import FeatureDictionary, FeatureSplice, ReplacedFeatures, feature_means
+from .spec import ClassMap, Direction, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
+from .splice import (SpliceError, UnitMeans, ablate_heads, ablate_neurons, add_neurons, replace_head, replace_neuron,
+                     unit_means)
 
 
 # --------------------------------------------------------------------------- token sets and classes
@@ -221,9 +232,22 @@ class _Unembed:
         return g
 
 
-def _direction(d: Direction, weights: Weights, original: Weights, layer: int, side: str) -> Tensor:
+def _direction(d: Direction, weights: Weights, ctx: "_Ctx", layer: int, side: str) -> Tensor:
     n = weights.cfg.d_model
-    if d.neuron is not None:
+    original = ctx.original
+    if d.feature is not None:
+        fd, i = ctx.feature(d.feature)
+        if side == "out":
+            v = fd.W_dec[i]
+        elif fd.reads_output:
+            raise SpecError(f"{d.where}: {fd.describe()} is an SAE: its encoder reads the MLP's output, not what "
+                            f"a neuron reads (use its decoder row as an output direction)")
+        elif fd.layer != layer:
+            raise SpecError(f"{d.where}: {d.feature.describe()} reads layer {fd.layer}'s MLP input, but this unit "
+                            f"is in layer {layer}")
+        else:
+            v = fd.W_enc[:, i]
+    elif d.neuron is not None:
         if not 0 <= d.neuron < original.cfg.d_mlp:
             raise SpecError(f"{d.where}: neuron {d.neuron} does not exist (d_mlp = {original.cfg.d_mlp})")
         v = original.W_in[layer, :, d.neuron] if side == "in" else original.W_out[layer, d.neuron]
@@ -248,15 +272,53 @@ class _Ctx:
     original: Weights
     classes: dict[str, list[int]]
     spec: Spec
+    dictionaries: dict[str, FeatureDictionary] = dataclasses.field(default_factory=dict)
 
     def ids(self, ts: TokenSet) -> Tensor:
         return resolve_tokens(ts, self.model.tokenizer, self.classes, self.original.cfg.d_vocab, self.spec.classes)
+
+    def feature(self, ref: FeatureRef) -> tuple[FeatureDictionary, int]:
+        """(the dictionary, the feature index) ``ref`` names; SpecError naming the spec line otherwise."""
+        fd = self.dictionaries.get(ref.dictionary)
+        if fd is None:
+            have = ", ".join(map(repr, self.dictionaries)) or "none"
+            raise SpecError(f"{ref.where}: no dictionary {ref.dictionary!r} was given (given: {have})")
+        try:
+            fd.check(self.original.cfg)
+            return fd, fd.check_index(ref.idx)
+        except SpliceError as e:
+            raise SpecError(f"{ref.where}: {e}") from None
+
+
+@dataclasses.dataclass
+class _Replaced:
+    """What the unit a spec entry replaces reads and writes (a neuron, or a dictionary feature)."""
+
+    what: str
+    w_in: Tensor
+    b_in: float
+    w_out: Tensor
+    w_gate: Tensor | None
+    reads_input: bool = True  # False: an SAE feature (its encoder reads the MLP's output)
+
+
+def _replaced(ns: NeuronSpec, ctx: _Ctx) -> _Replaced | None:
+    r, o, l = ns.replaces, ctx.original, ns.layer
+    if r is None:
+        return None
+    if isinstance(r, FeatureRef):
+        fd, i = ctx.feature(r)
+        return _Replaced(r.describe(), fd.W_enc[:, i], float(fd.b_enc[i]), fd.W_dec[i], None, not fd.reads_output)
+    if r >= o.cfg.d_mlp:
+        raise SpecError(f"{ns.where}: replaces neuron {r}, but layer {l} has {o.cfg.d_mlp}")
+    return _Replaced(f"neuron {r}", o.W_in[l, :, r], float(o.b_in[l, r]), o.W_out[l, r],
+                     o.W_gate[l, :, r] if o.W_gate is not None else None)
 
 
 def _write_vector(ctx: _Ctx, rule: OutputRule, un: _Unembed, gain: float, fit: str, weights: Weights,
                   layer: int) -> Tensor:
     if rule.direction is not None:
-        return _direction(rule.direction, weights, ctx.original, layer, "out") * gain
+        return _direction(rule.direction, weights, ctx, layer, "out") * gain
     P = ctx.ids(rule.promote).to(un.U.device) if rule.promote is not None else None
     Q = ctx.ids(rule.suppress).to(un.U.device) if rule.suppress is not None else None
     if fit == "pinv":
@@ -293,17 +355,38 @@ class NeuronWeights:
     w_gate: Tensor | None = None
 
 
+def _bias(ns: NeuronSpec, ctx: _Ctx, rep: _Replaced | None) -> float:
+    """b_in for a direction input: the number given, or for "keep" the input feature's b_enc (a feature
+    direction) or the replaced unit's bias."""
+    if ns.bias != "keep":
+        return float(ns.bias)
+    if isinstance(ns.input, Direction) and ns.input.feature is not None:
+        fd, i = ctx.feature(ns.input.feature)
+        return float(fd.b_enc[i])
+    return rep.b_in
+
+
+def _keep_strength(ns: NeuronSpec, rep: _Replaced, cal: Calibration, ids: Tensor) -> float:
+    """The replaced unit's own on-set minus off-set pre-activation gap on the calibration sample."""
+    if not rep.reads_input:
+        raise SpecError(f"{ns.where}: strength: keep, but {rep.what} reads the MLP's output (an SAE feature)")
+    inset = torch.isin(cal.tokens, ids)
+    pre = cal.x_mlp[ns.layer] @ rep.w_in.float().to(cal.x_mlp[ns.layer].device)
+    strength = float(pre[inset].mean() - pre[~inset].mean()) if inset.any() and (~inset).any() else 0.0
+    if strength <= 0:
+        raise SpecError(f"{ns.where}: strength: keep, but {rep.what} does not fire more on the set")
+    return strength
+
+
 def build_neuron(ns: NeuronSpec, ctx: _Ctx, weights: Weights, cal: Calibration) -> NeuronWeights:
     cfg = weights.cfg
     l = ns.layer
-    if not 0 <= l < cfg.n_layers:
+    if l is None or not 0 <= l < cfg.n_layers:
         raise SpecError(f"{ns.where}: layer {l} does not exist (the model has {cfg.n_layers})")
-    if ns.replaces is not None and ns.replaces >= ctx.original.cfg.d_mlp:
-        raise SpecError(f"{ns.where}: replaces neuron {ns.replaces}, but layer {l} has {ctx.original.cfg.d_mlp}")
-    orig_b = float(ctx.original.b_in[l, ns.replaces]) if ns.replaces is not None else 0.0
+    rep = _replaced(ns, ctx)
     if isinstance(ns.input, Direction):
-        w_in = _direction(ns.input, weights, ctx.original, l, "in") * (1.0 if ns.strength is None else ns.strength)
-        b_in = orig_b if ns.bias == "keep" else float(ns.bias)
+        w_in = _direction(ns.input, weights, ctx, l, "in") * (1.0 if ns.strength is None else ns.strength)
+        b_in = _bias(ns, ctx, rep)
     else:
         ids = ctx.ids(ns.input).to(cal.tokens.device)
 
@@ -316,30 +399,28 @@ def build_neuron(ns: NeuronSpec, ctx: _Ctx, weights: Weights, cal: Calibration) 
         except SpecError as e:
             raise SpecError(f"{ns.input.where}: {e}") from None
         strength = 4.0 if ns.strength is None else ns.strength
-        if strength == "keep":  # the replaced neuron's own on-set minus off-set pre-activation gap
-            inset = torch.isin(cal.tokens, ids)
-            pre = cal.x_mlp[l] @ ctx.original.W_in[l, :, ns.replaces].float()
-            strength = float(pre[inset].mean() - pre[~inset].mean()) if inset.any() and (~inset).any() else 0.0
-            if strength <= 0:
-                raise SpecError(f"{ns.where}: strength: keep, but neuron {ns.replaces} does not fire more on the set")
+        if strength == "keep":
+            strength = _keep_strength(ns, rep, cal, ids)
         scale = strength / (on - off)
         w_in = w * scale
-        b_in = orig_b if ns.bias == "keep" else float(ns.bias) - off * scale
+        b_in = rep.b_in if ns.bias == "keep" else float(ns.bias) - off * scale
     un = _Unembed(weights, cal.final_scale)
     gain = 1.0 if ns.gain is None else ns.gain
-    if gain == "keep":  # the replaced neuron's own logit gain on the promoted / suppressed sets
+    if gain == "keep":  # the replaced unit's own logit gain on the promoted / suppressed sets
         rule = ns.output
         if rule.direction is not None:
             raise SpecError(f"{ns.where}: gain: keep needs a promote/suppress output")
         P = ctx.ids(rule.promote).to(un.U.device) if rule.promote is not None else None
         Q = ctx.ids(rule.suppress).to(un.U.device) if rule.suppress is not None else None
-        gain = un.gain_of(ctx.original.W_out[l, ns.replaces].float(), P, Q)
+        gain = un.gain_of(rep.w_out.float().to(un.U.device), P, Q)
         if gain <= 0:
-            raise SpecError(f"{ns.where}: gain: keep, but neuron {ns.replaces} does not promote that output")
+            raise SpecError(f"{ns.where}: gain: keep, but {rep.what} does not promote that output")
     w_out = _write_vector(ctx, ns.output, un, gain, ns.out_fit, weights, l)
     w_gate = None
-    if weights.W_gate is not None:  # gated MLP: keep the gate open with the replaced neuron's gate, else W_in
-        w_gate = ctx.original.W_gate[l, :, ns.replaces] if ns.replaces is not None else w_in
+    if weights.W_gate is not None and not isinstance(ns.replaces, FeatureRef):
+        # gated MLP: keep the gate open with the replaced neuron's gate, else W_in (a unit in place of a
+        # feature is not in the MLP and has no gate)
+        w_gate = rep.w_gate if rep is not None else w_in
     return NeuronWeights(ns.name, l, w_in.to(weights.W_in), b_in, w_out.to(weights.W_out), w_gate)
 
 
@@ -523,8 +604,10 @@ class Built:
 
     weights: the handcrafted model's weights. removed: (kind, layer, idx) units whose original behaviour
     is gone (replaced, or ablated by ``mlp/attention: replace``; ("embed", 0, 0) for a re-fitted direct
-    path): the ablation baselines remove exactly these. replaced / added: {(kind, layer, idx): spec name}.
-    means: the unit means used for mean ablation (from the original model).
+    path; ("feature", dictionary number, idx) for a replaced feature): the ablation baselines remove exactly
+    these. replaced / added: {(kind, layer, idx): spec name}. means: the unit means used for mean ablation
+    (from the original model). features: the dictionaries spliced in for replaced features (None without):
+    the handcrafted model is ``weights`` run with :meth:`interventions`.
     """
 
     spec: Spec
@@ -535,16 +618,77 @@ class Built:
     means: UnitMeans | None = None
     neurons: list[NeuronWeights] = dataclasses.field(default_factory=list)
     heads: list[HeadWeights] = dataclasses.field(default_factory=list)
+    features: FeatureSplice | None = None
+
+    def interventions(self) -> dict | None:
+        """The forward interventions the handcrafted model runs with (None: ``weights`` alone)."""
+        return self.features.handcrafted(self.weights) if self.features is not None else None
+
+    def model(self):
+        """``weights``, or (weights, interventions) when features are spliced in (what ``evaluate`` takes)."""
+        return self.weights if self.features is None else (self.weights, self.interventions())
+
+
+def _feature_layers(spec: Spec, ctx: _Ctx) -> list[NeuronSpec]:
+    """The spec's neuron entries with every feature-replacing entry put in its dictionary's layer, checked:
+    SpecError for an unknown dictionary or feature, an explicit layer that is not the dictionary's, two
+    dictionaries for one layer, another neuron entry in such a layer, or ``mlp: replace``."""
+    out, by_layer = [], {}
+    for ns in spec.neurons:
+        if not isinstance(ns.replaces, FeatureRef):
+            out.append(ns)
+            continue
+        fd, _ = ctx.feature(ns.replaces)
+        if ns.layer is not None and ns.layer != fd.layer:
+            raise SpecError(f"{ns.where}: layer {ns.layer}, but {ns.replaces.describe()} stands in for layer "
+                            f"{fd.layer}'s MLP")
+        other = by_layer.setdefault(fd.layer, fd.name)
+        if other != fd.name:
+            raise SpecError(f"{ns.where}: dictionaries {other!r} and {fd.name!r} would both replace layer "
+                            f"{fd.layer}'s MLP")
+        out.append(dataclasses.replace(ns, layer=fd.layer))
+    if by_layer and spec.mlp == "replace":
+        raise SpecError(f"{spec.source}: mlp: replace does not mix with replaced dictionary features (the error "
+                        f"term would carry the ablated MLP)")
+    for ns in out:
+        if not isinstance(ns.replaces, FeatureRef) and ns.layer in by_layer:
+            raise SpecError(f"{ns.where}: layer {ns.layer}'s MLP is replaced by dictionary {by_layer[ns.layer]!r}; "
+                            f"its neurons cannot be handcrafted in the same spec")
+    return out
+
+
+def _feature_splice(spec: Spec, ctx: _Ctx, built: list[tuple[NeuronSpec, NeuronWeights]],
+                    corpus_batches) -> FeatureSplice | None:
+    """The dictionaries of the feature-replacing units, those units stacked per dictionary, and the
+    features' means on the original model (for the mean-ablation baseline)."""
+    groups: dict[str, tuple[FeatureDictionary, list[tuple[int, NeuronWeights]]]] = {}
+    for ns, nw in built:
+        if isinstance(ns.replaces, FeatureRef):
+            fd, i = ctx.feature(ns.replaces)
+            groups.setdefault(fd.name, (fd, []))[1].append((i, nw))
+    if not groups:
+        return None
+    parts = [ReplacedFeatures(fd, [i for i, _ in units], torch.stack([nw.w_in.float() for _, nw in units], 1),
+                              torch.tensor([nw.b_in for _, nw in units], dtype=torch.float32),
+                              torch.stack([nw.w_out.float() for _, nw in units]), [nw.name for _, nw in units],
+                              feature_means(ctx.original, fd, corpus_batches()))
+             for fd, units in groups.values()]
+    return FeatureSplice(parts, spec.dictionary_error)
 
 
 def build(spec: Spec, model: Model, corpus_batches, classes: dict[str, list[int]] | None = None,
-          means: UnitMeans | None = None, max_calibration_tokens: int = 16384, progress: bool = False) -> Built:
+          means: UnitMeans | None = None, max_calibration_tokens: int = 16384, progress: bool = False,
+          dictionaries: dict[str, FeatureDictionary] | None = None) -> Built:
     """Build ``spec`` against ``model``. ``corpus_batches``: a callable returning a fresh iterable of
     :class:`circuitbook.corpus.Batch` (it is read several times: calibration, bigram counts, means).
-    ``classes``: {class name: token ids} (e.g. the book's token classes or the demo's truth)."""
+    ``classes``: {class name: token ids} (e.g. the book's token classes or the demo's truth).
+    ``dictionaries``: {name the spec uses: FeatureDictionary} for the features it names."""
     original = model.weights
     cfg = original.cfg
-    ctx = _Ctx(model, original, dict(classes or {}), spec)
+    ctx = _Ctx(model, original, dict(classes or {}), spec, dict(dictionaries or {}))
+    for ref in spec.feature_refs():  # every dictionary and feature index, before any work
+        ctx.feature(ref)
+    neuron_specs = _feature_layers(spec, ctx)
     w = original.clone()
     removed: list[tuple[str, int, int]] = []
     replaced: dict = {}
@@ -577,10 +721,17 @@ def build(spec: Spec, model: Model, corpus_batches, classes: dict[str, list[int]
             removed += [("head", l, h) for h in drop]
 
     built_neurons = []
-    if spec.neurons:
+    if neuron_specs:
         cal = calibrate(w, corpus_batches(), max_calibration_tokens)
-        for ns in spec.neurons:
+        for ns in neuron_specs:
             built_neurons.append((ns, build_neuron(ns, ctx, w, cal)))
+    features = _feature_splice(spec, ctx, built_neurons, corpus_batches)
+    for ns, nw in built_neurons:
+        if isinstance(ns.replaces, FeatureRef):
+            fd, i = ctx.feature(ns.replaces)
+            removed.append(("feature", fd.number, i))
+            replaced[("feature", fd.number, i)] = nw.name
+    built_neurons = [(ns, nw) for ns, nw in built_neurons if not isinstance(ns.replaces, FeatureRef)]
     n_orig = cfg.d_mlp
     for ns, nw in built_neurons:
         if ns.replaces is not None:
@@ -600,4 +751,4 @@ def build(spec: Spec, model: Model, corpus_batches, classes: dict[str, list[int]
             drop = [i for i in range(n_orig) if ("neuron", l, i) not in replaced]
             w = ablate_neurons(w, l, drop, spec.ablate, means)
             removed += [("neuron", l, i) for i in drop]
-    return Built(spec, w, removed, replaced, added, means, [nw for _, nw in built_neurons], built_heads)
+    return Built(spec, w, removed, replaced, added, means, [nw for _, nw in built_neurons], built_heads, features)

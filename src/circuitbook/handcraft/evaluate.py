@@ -9,6 +9,11 @@ On a corpus, at every real position that has a next token:
 and a breakdown of the extra loss, delta = -log p_hand(next) + log p_orig(next): the positions where the
 handcrafted model loses most (with their contexts), and the total per class of the predicted token
 (and of the current token), to point at what the explanation is missing.
+
+A model here is ``Weights``, or ``(Weights, interventions)`` for one that runs with forward interventions
+(a spec that replaces dictionary features: the dictionary spliced in, :mod:`.features`). Its baselines
+then ablate the replaced features inside the same splice, and the spliced dictionary as it is (no feature
+replaced) is reported as a reference CE (``ce_references``), with the error-term setting in ``settings``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class Evaluation:
     worst: list[TokenLoss]
     by_target: list[GroupLoss]
     by_current: list[GroupLoss]
+    ce_references: dict[str, float] = dataclasses.field(default_factory=dict)
+    settings: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,6 +89,13 @@ class Evaluation:
             r = self.recovered.get(k)
             lines.append(f"  {k}-ablation baseline CE {v:.4f} -> loss recovered "
                          + ("n/a (baseline = original)" if r is None else f"{r:.3f}"))
+        for k, v in self.ce_references.items():
+            lines.append(f"  reference: {k} CE {v:.4f}")
+        for d in self.settings.get("dictionaries", []):
+            lines.append(f"  dictionary {d['name']!r} ({d['kind']}, layer {d['layer']}) spliced in place of the MLP, "
+                         f"features {d['replaced']} handcrafted, error term "
+                         f"{'kept' if self.settings.get('dictionary_error') == 'keep' else 'dropped'} "
+                         f"(dictionary_error: {self.settings.get('dictionary_error')})")
         if self.by_target:
             lines.append("  extra loss by predicted token group: " + ", ".join(
                 f"{g.group} {g.total_delta / self.n_tokens:+.4f} (n={g.n})" for g in self.by_target[:n_groups]))
@@ -100,6 +114,11 @@ def recovered(l_ablated: float, l_hand: float, l_orig: float) -> float | None:
 
 def _logp(weights: Weights, tokens: Tensor, interventions=None) -> Tensor:
     return next_token_log_probs(run(weights, tokens, ("logits",), interventions)["logits"].float())
+
+
+def _runnable(m) -> tuple[Weights, dict | None]:
+    """A model argument (``Weights`` or ``(Weights, interventions)``) -> (weights, interventions or None)."""
+    return (m[0], m[1]) if isinstance(m, tuple) else (m, None)
 
 
 class _Groups:
@@ -125,18 +144,23 @@ class _Groups:
         return out[:top] if top else out
 
 
-def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselines: dict[str, Weights] | None = None,
+def evaluate(original: Weights, handcrafted, batches: Iterable, baselines: dict | None = None,
              tokenizer=None, classes: dict[str, list[int]] | None = None, top_k: int = 25, context: int = 16,
-             baseline_interventions: dict[str, dict] | None = None, progress: bool = False) -> Evaluation:
+             baseline_interventions: dict[str, dict] | None = None, progress: bool = False,
+             references: dict | None = None, settings: dict | None = None) -> Evaluation:
     """Compare ``handcrafted`` with ``original`` on ``batches`` (circuitbook.corpus.Batch).
 
-    ``baselines``: {name: weights} (e.g. the zero- and mean-ablated originals from
+    ``handcrafted`` and the values of ``baselines`` / ``references`` are models (module docstring).
+    ``baselines``: {name: model} (e.g. the zero- and mean-ablated originals from
     :func:`circuitbook.handcraft.baselines`); ``baseline_interventions``: {name: forward interventions}
-    for baselines that are not weights (resample ablation: run on ``original`` with them).
+    for baselines run on ``original`` with them (resample ablation). ``references``: {name: model} whose
+    CE is reported but is no baseline. ``settings``: stored with the result as given.
     ``classes``: {class: token ids} to group the breakdown by; without it, groups are single tokens.
     """
-    baselines = dict(baselines or {})
-    bl_int = dict(baseline_interventions or {})
+    baselines = {k: _runnable(v) for k, v in (baselines or {}).items()}
+    baselines.update({k: (original, iv) for k, iv in (baseline_interventions or {}).items()})
+    refs = {k: _runnable(v) for k, v in (references or {}).items()}
+    hand_w, hand_iv = _runnable(handcrafted)
     V = original.cfg.d_vocab
     if classes:
         names = sorted(classes)
@@ -155,7 +179,8 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
     tok_n, tok_lo, tok_lh = torch.zeros_like(tok_delta), torch.zeros_like(tok_delta), torch.zeros_like(tok_delta)
     tok_cur_delta, tok_cur_n = torch.zeros_like(tok_delta), torch.zeros_like(tok_delta)
     tot = {"orig": 0.0, "hand": 0.0, "kl": 0.0, "agree": 0.0}
-    tot_bl = {k: 0.0 for k in list(baselines) + list(bl_int)}
+    tot_bl = dict.fromkeys(baselines, 0.0)
+    tot_ref = dict.fromkeys(refs, 0.0)
     n = 0
     heap: list[tuple[float, int, Tensor, int, float, float]] = []
     counter = 0
@@ -168,7 +193,7 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
         lo_all = _logp(original, tokens)
         lo = lo_all.gather(-1, tgt[..., None])[..., 0]
         top_o = lo_all.argmax(-1)
-        lh_all = _logp(handcrafted, tokens)
+        lh_all = _logp(hand_w, tokens, hand_iv)
         lh = lh_all.gather(-1, tgt[..., None])[..., 0]
         kl = (lo_all.exp() * (lo_all - lh_all)).sum(-1)
         agree = (lh_all.argmax(-1) == top_o).float()
@@ -177,12 +202,10 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
         tot["hand"] -= float(lh[m].double().sum())
         tot["kl"] += float(kl[m].double().sum())
         tot["agree"] += float(agree[m].sum())
-        for name, wb in baselines.items():
-            lb = _logp(wb, tokens).gather(-1, tgt[..., None])[..., 0]
-            tot_bl[name] -= float(lb[m].double().sum())
-        for name, iv in bl_int.items():
-            lb = _logp(original, tokens, iv).gather(-1, tgt[..., None])[..., 0]
-            tot_bl[name] -= float(lb[m].double().sum())
+        for tot_of, models in ((tot_bl, baselines), (tot_ref, refs)):
+            for name, (wb, iv) in models.items():
+                lb = _logp(wb, tokens, iv).gather(-1, tgt[..., None])[..., 0]
+                tot_of[name] -= float(lb[m].double().sum())
         n += int(m.sum())
         delta = (lo - lh)[m].cpu()
         tgt_m, cur_m = tgt[m].cpu(), tokens[:, :-1][m].cpu()
@@ -235,7 +258,8 @@ def evaluate(original: Weights, handcrafted: Weights, batches: Iterable, baselin
     return Evaluation(
         n_tokens=n, ce_original=ce_o, ce_handcrafted=ce_h, kl=tot["kl"] / n, top1_agreement=tot["agree"] / n,
         ce_baselines=ce_b, recovered={k: recovered(v, ce_h, ce_o) for k, v in ce_b.items()},
-        worst=worst, by_target=by_target, by_current=by_current)
+        worst=worst, by_target=by_target, by_current=by_current,
+        ce_references={k: v / n for k, v in tot_ref.items()}, settings=dict(settings or {}))
 
 
 def mean_loss(weights: Weights, batches: Iterable, interventions=None) -> tuple[float, int]:
@@ -259,16 +283,23 @@ class SpecResult:
     evaluation: Evaluation
 
 
-def baselines(original: Weights, removed, means, modes=("zero", "mean")) -> dict[str, Weights]:
-    """The original model with the units a spec replaces (``Built.removed``) ablated, one per mode."""
+def baselines(original: Weights, removed, means, modes=("zero", "mean"), features=None) -> dict:
+    """The original model with the units a spec replaces (``Built.removed``) ablated, one per mode.
+    Replaced dictionary features (``features``: ``Built.features``) are ablated inside their splice, so
+    those baselines are (weights, interventions)."""
     from .splice import ablate_units
 
-    return {m: ablate_units(original, removed, m, means) for m in modes}
+    in_weights = [u for u in removed if u[0] != "feature"]
+    out = {}
+    for m in modes:
+        w = ablate_units(original, in_weights, m, means)
+        out[m] = w if features is None else (w, features.ablated(w, m))
+    return out
 
 
 def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len: int = 256, batch_size: int = 4,
                   progress: bool = False, top_k: int = 25, max_calibration_tokens: int = 16384,
-                  fit_progress: bool | None = None) -> SpecResult:
+                  fit_progress: bool | None = None, dictionaries: dict | None = None) -> SpecResult:
     """Build ``spec`` on ``model`` (fitted on ``fit_stories``), then evaluate it on ``eval_stories``
     against the original and its zero- and mean-ablation baselines (means over ``fit_stories``).
 
@@ -278,7 +309,8 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
         print(r.evaluation.summary())
 
     ``fit_progress`` (default ``progress``): progress bars while fitting; the CLI turns them off so that a
-    spec error found while building is the only thing it prints.
+    spec error found while building is the only thing it prints. ``dictionaries``: {name: FeatureDictionary}
+    for a spec that names dictionary features (see :func:`.build.build`).
     """
     from ..corpus import batches
     from .build import build
@@ -288,10 +320,16 @@ def evaluate_spec(spec, model, fit_stories, eval_stories, classes=None, max_len:
     fit = lambda: batches(fit_stories, model.tokenizer, max_len, batch_size)  # noqa: E731
     fp = progress if fit_progress is None else fit_progress
     means = unit_means(model.weights, fit(), fp)
-    built = build(spec, model, fit, classes, means, max_calibration_tokens, fp)
-    bl = baselines(model.weights, built.removed, means)
-    ev = evaluate(model.weights, built.weights, batches(eval_stories, model.tokenizer, max_len, batch_size), bl,
-                  model.tokenizer, classes, top_k=top_k, progress=progress)
+    built = build(spec, model, fit, classes, means, max_calibration_tokens, fp, dictionaries)
+    bl = baselines(model.weights, built.removed, means, features=built.features)
+    refs, settings = {}, {}
+    if built.features is not None:
+        names = ", ".join(repr(p.fd.name) for p in built.features.parts)
+        refs[f"dictionary {names} spliced in as it is (error {built.features.error})"] = \
+            (model.weights, built.features.plain(model.weights))
+        settings = built.features.settings()
+    ev = evaluate(model.weights, built.model(), batches(eval_stories, model.tokenizer, max_len, batch_size), bl,
+                  model.tokenizer, classes, top_k=top_k, progress=progress, references=refs, settings=settings)
     return SpecResult(built, ev)
 
 

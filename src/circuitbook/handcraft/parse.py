@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .spec import ClassMap, Direction, DirectSpec, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
+from .spec import ClassMap, Direction, DirectSpec, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
@@ -135,12 +135,13 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     if data is None:
         raise SpecError(f"{source}: the spec is empty")
     P.keys(data, "spec", {"name", "description", "classes", "neurons", "heads", "direct", "mlp", "attention",
-                          "ablate", "layer"})
+                          "ablate", "layer", "dictionary_error"})
     layer = P.number(data, "layer", "spec", 0, int)
     spec = Spec(name=str(data.get("name", "spec")), description=str(data.get("description", "")), source=source)
     spec.mlp = P.choice(data, "mlp", "spec", "keep", ("keep", "replace"))
     spec.attention = P.choice(data, "attention", "spec", "keep", ("keep", "replace"))
     spec.ablate = P.choice(data, "ablate", "spec", "mean", ("zero", "mean"))
+    spec.dictionary_error = P.choice(data, "dictionary_error", "spec", "keep", ("keep", "drop"))
     classes = data.get("classes") or {}
     if not isinstance(classes, dict):
         P.fail(data, "classes", f"expected a mapping of class name -> words or {{ids: [...]}}, got {_kind(classes)}",
@@ -158,7 +159,12 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     spec.direct = _direct(P, data)
     seen: dict[tuple, str] = {}
     for n in spec.neurons:
-        if n.replaces is not None:
+        if isinstance(n.replaces, FeatureRef):
+            k = ("feature", n.replaces.dictionary, n.replaces.idx)
+            if k in seen:
+                raise SpecError(f"{n.where}: {n.replaces.describe()} is already replaced by {seen[k]}")
+            seen[k] = n.where
+        elif n.replaces is not None:
             k = ("neuron", n.layer, n.replaces)
             if k in seen:
                 raise SpecError(f"{n.where}: neuron {n.layer}.{n.replaces} is already replaced by {seen[k]}")
@@ -203,11 +209,25 @@ def _token_set(P: _P, v, path: str, line: int | None) -> TokenSet:
     return TokenSet(words=[str(w) for w in x], where=where)
 
 
+def _feature(P: _P, v, path: str, line) -> FeatureRef:
+    """``{dictionary: NAME, idx: I}`` (the value of a ``feature:`` key) -> FeatureRef."""
+    P.keys(v, path, {"dictionary", "idx"}, {"dictionary", "idx"})
+    name, idx = v["dictionary"], v["idx"]
+    if isinstance(name, bool) or not isinstance(name, (str, int)) or not str(name).strip():
+        P.fail(v, f"{path}.dictionary", f"expected a dictionary name, got {name!r}", P.child(v, "dictionary"))
+    if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+        P.fail(v, f"{path}.idx", f"expected a feature index >= 0, got {idx!r}", P.child(v, "idx"))
+    return FeatureRef(str(name), int(idx), where=P.at(v, path, line))
+
+
 def _direction(P: _P, v, path: str, line) -> Direction:
     where = P.at(v, path, line)
-    if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in ("neuron", "values", "file"):
-        P.fail(v, path, f"expected {{neuron: IDX}}, {{values: [...]}} or {{file: PATH}}, got {v!r}", line)
+    if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in ("neuron", "feature", "values", "file"):
+        P.fail(v, path, f"expected {{neuron: IDX}}, {{feature: {{dictionary: NAME, idx: I}}}}, {{values: [...]}} "
+                        f"or {{file: PATH}}, got {v!r}", line)
     (k, x), = v.items()
+    if k == "feature":
+        return Direction(feature=_feature(P, x, f"{path}.feature", P.child(v, "feature")), where=where)
     if k == "neuron" and (not isinstance(x, int) or isinstance(x, bool) or x < 0):
         P.fail(v, f"{path}.neuron", f"expected a neuron index, got {x!r}", line)
     if k == "values" and (not isinstance(x, list) or not all(isinstance(a, (int, float)) for a in x)):
@@ -241,23 +261,37 @@ def _neuron(P: _P, n, path: str, layer: int, line) -> NeuronSpec:
     P.keys(n, path, {"name", "layer", "replaces", "input", "output", "strength", "gain", "bias", "fit", "out_fit"},
            {"input", "output"})
     where = P.at(n, path, line)
-    replaces = P.number(n, "replaces", path, None, int)
-    if replaces is not None and replaces < 0:
-        P.fail(n, f"{path}.replaces", "must be a neuron index >= 0", P.child(n, "replaces"))
+    replaces = _replaces(P, n, path)
     bias = P.number(n, "bias", path, 0.0, float, allow=("keep",))
+    feature_in = isinstance(n.get("input"), dict) and isinstance(n["input"].get("direction"), dict) \
+        and "feature" in n["input"]["direction"]
     for key in ("bias", "strength", "gain"):
-        if n.get(key) == "keep" and replaces is None:
+        if n.get(key) == "keep" and replaces is None and not (key == "bias" and feature_in):
             P.fail(n, f"{path}.{key}", "'keep' needs `replaces` (there is no neuron to keep it from)", P.child(n, key))
     if n.get("strength") == "keep" and isinstance(n.get("input"), dict) and "direction" in n["input"]:
         P.fail(n, f"{path}.strength", "'keep' applies to token-set inputs only", P.child(n, "strength"))
     return NeuronSpec(
         input=_input(P, n["input"], f"{path}.input", P.child(n, "input")),
         output=_output(P, n["output"], f"{path}.output", P.child(n, "output")),
-        name=str(n.get("name", path)), layer=P.number(n, "layer", path, layer, int), replaces=replaces,
+        name=str(n.get("name", path)), replaces=replaces,
+        layer=P.number(n, "layer", path, None if isinstance(replaces, FeatureRef) else layer, int),
         strength=P.number(n, "strength", path, None, allow=("keep",)),
         gain=P.number(n, "gain", path, None, allow=("keep",)), bias=bias,
         fit=P.choice(n, "fit", path, "ridge", ("ridge", "mean", "lda")),
         out_fit=P.choice(n, "out_fit", path, "pinv", ("pinv", "unembed")), where=where)
+
+
+def _replaces(P: _P, n, path: str) -> int | FeatureRef | None:
+    """``replaces``: a neuron index, or ``{feature: {dictionary: NAME, idx: I}}``."""
+    v = n.get("replaces")
+    if isinstance(v, dict):
+        P.keys(v, f"{path}.replaces", {"feature"}, {"feature"})
+        return _feature(P, v["feature"], f"{path}.replaces.feature", P.child(n, "replaces"))
+    replaces = P.number(n, "replaces", path, None, int)
+    if replaces is not None and replaces < 0:
+        P.fail(n, f"{path}.replaces", "must be a neuron index >= 0 or {feature: {dictionary: NAME, idx: I}}",
+               P.child(n, "replaces"))
+    return replaces
 
 
 def _head(P: _P, h, path: str, layer: int, line) -> HeadSpec:

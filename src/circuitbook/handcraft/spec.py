@@ -17,8 +17,17 @@ example is ``docs/handcraft-spec.md``. In short::
 Token sets (``TokenSet``) are written ``{class: NAME}``, ``{words: [...]}`` (each word is tokenized with
 and without a leading space; only single-token spellings count), ``{ids: [...]}``, or a bare list of
 words. Directions (``Direction``) are ``{direction: {neuron: IDX}}`` (that neuron's own W_in column on
-the input side, W_out row on the output side), ``{direction: {values: [...]}}`` or
+the input side, W_out row on the output side), ``{direction: {feature: {dictionary: NAME, idx: I}}}`` (that
+dictionary feature's encoder column W_enc[:, I] on the input side, with b_enc[I] as the bias when ``bias:
+keep``; its decoder row W_dec[I] on the output side), ``{direction: {values: [...]}}`` or
 ``{direction: {file: path.npy|.pt}}``.
+
+Dictionary features (``FeatureRef``, ``{feature: {dictionary: NAME, idx: I}}``): a neuron entry may
+``replaces: {feature: {dictionary: NAME, idx: I}}``. The handcrafted model then has the MLP of that
+dictionary's layer replaced by the dictionary (spliced), with that feature's activation replaced by the
+handcrafted unit's (:mod:`circuitbook.handcraft.features`); ``dictionary_error: keep | drop`` (default
+keep) says whether the dictionary's error term (MLP output minus reconstruction) is added back. The
+dictionaries themselves come from the book (``circuitbook handcraft --book``) or ``build(dictionaries=...)``.
 
 Every parse error names the file, the line and the field: ``spec.yaml:12: neurons[0].input: ...``.
 
@@ -64,11 +73,25 @@ class TokenSet:
 
 
 @dataclasses.dataclass
+class FeatureRef:
+    """Feature ``idx`` of the dictionary called ``dictionary`` (unit ``feature/<its number>/<idx>``)."""
+
+    dictionary: str
+    idx: int
+    where: str = ""
+
+    def describe(self) -> str:
+        return f"feature {self.idx} of dictionary {self.dictionary!r}"
+
+
+@dataclasses.dataclass
 class Direction:
     """A fixed vector in the residual basis [d_model]: one of ``neuron`` (reuse that neuron's own
-    W_in column or W_out row, exactly), ``values`` (d_model floats) or ``file`` (.npy/.pt holding one)."""
+    W_in column or W_out row, exactly), ``feature`` (a dictionary feature's W_enc column or W_dec row,
+    exactly), ``values`` (d_model floats) or ``file`` (.npy/.pt holding one)."""
 
     neuron: int | None = None
+    feature: FeatureRef | None = None
     values: list[float] | None = None
     file: str | None = None
     where: str = ""
@@ -93,9 +116,12 @@ class NeuronSpec:
     between on-set and off-set positions (on average); for directions, a multiplier. ``gain``: for
     token-set outputs, how many logits the promoted tokens gain (over the vocabulary average) per unit of
     activation; for directions, a multiplier. ``bias``: the pre-activation at off-set positions (token-set
-    input) or b_in itself (direction input); "keep" keeps the replaced neuron's b_in.
+    input) or b_in itself (direction input); "keep" keeps the replaced unit's bias (a neuron's b_in, a
+    feature's b_enc), or for a feature-direction input that feature's b_enc.
     ``strength: keep`` / ``gain: keep`` copy the replaced neuron's own on-set gap / logit gain on these sets.
-    ``replaces``: the existing neuron index it takes over; None adds a new neuron (d_mlp grows).
+    ``replaces``: the existing neuron index it takes over, or a :class:`FeatureRef` (the unit takes over that
+    dictionary feature's activation; ``layer`` None means the dictionary's layer); None adds a new neuron
+    (d_mlp grows).
     ``fit``: how token-set readers are fitted: "ridge" (ridge regression of the in-set indicator on
     what the neuron reads, on- and off-set positions weighted equally; default, the most selective), "mean"
     (mean difference, every set token weighted equally) or "lda" (mean difference whitened by the
@@ -107,8 +133,8 @@ class NeuronSpec:
     input: TokenSet | Direction
     output: OutputRule
     name: str = ""
-    layer: int = 0
-    replaces: int | None = None
+    layer: int | None = 0
+    replaces: int | FeatureRef | None = None
     strength: float | str | None = None  # None: 4.0 for token-set inputs, 1.0 for directions; "keep"
     gain: float | str | None = None  # None: 1.0; "keep": the replaced neuron's own gain
     bias: float | str = 0.0
@@ -174,11 +200,25 @@ class Spec:
     mlp: str = "keep"
     attention: str = "keep"
     ablate: str = "mean"
+    dictionary_error: str = "keep"  # keep | drop: the dictionary's error term, when a spec replaces features
     source: str = "<python>"
     text: str = ""
 
     def to_dict(self) -> dict:
         return _plain(self)
+
+    def feature_refs(self) -> list[FeatureRef]:
+        """Every dictionary feature the spec names (replaced, or read / written as a direction)."""
+        out = []
+        for n in self.neurons:
+            if isinstance(n.replaces, FeatureRef):
+                out.append(n.replaces)
+            out += [d.feature for d in (n.input, n.output.direction) if isinstance(d, Direction) and d.feature]
+        return out
+
+    def dictionary_names(self) -> list[str]:
+        """The dictionaries the spec needs, in order of first mention."""
+        return list(dict.fromkeys(r.dictionary for r in self.feature_refs()))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -189,7 +229,11 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, TokenSet):
         return {"class": obj.cls} if obj.cls is not None else {"words": list(obj.words)} if obj.words is not None \
             else {"ids": list(obj.ids or [])}
+    if isinstance(obj, FeatureRef):
+        return {"feature": {"dictionary": obj.dictionary, "idx": obj.idx}}
     if isinstance(obj, Direction):
+        if obj.feature is not None:
+            return {"direction": _plain(obj.feature)}
         d = {k: _plain(getattr(obj, k)) for k in ("neuron", "values", "file") if getattr(obj, k) is not None}
         return {"direction": d}
     if isinstance(obj, OutputRule):
@@ -211,6 +255,8 @@ def _plain(obj: Any) -> Any:
                 continue
             v = getattr(obj, f.name)
             if isinstance(obj, Spec) and f.name in ("classes", "neurons", "heads") and not v:
+                continue
+            if isinstance(obj, Spec) and f.name == "dictionary_error" and not obj.feature_refs():
                 continue
             if isinstance(obj, DirectSpec):
                 return obj.mode if obj.mode == "keep" else {obj.mode: {"smoothing": obj.smoothing,
