@@ -113,6 +113,9 @@ def world(tmp_path_factory):
     (w / "spec_syntax.yaml").write_text("neurons: [\n  {name: x\n")
     (w / "spec_field.yaml").write_text("name: s\nneuronz: []\n")
     (w / "spec_latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for tag, name, idx in (("nope", "nope", 0), ("range", "d", 99), ("wide", "w", 1), ("deep", "deep", 1)):
+        (w / f"spec_feat_{tag}.yaml").write_text(spec([{"name": "x", "replaces": {"feature": {"dictionary": name,
+                                                        "idx": idx}}, "input": ["he"], "output": {"promote": ["dog"]}}]))
 
     assert main(["circuits", str(m), "--book", str(w / "good.db"), "--no-progress"]) == 0
     book = Book.open(w / "good.db")
@@ -158,7 +161,7 @@ def _newer_commands_world(w: Path, m: Path) -> None:
 
 def _graph_features_world(w: Path) -> None:
     """Books for `graph --features`: kinds.db (dict.db plus an SAE `s` and a skip-transcoder `k`) and wide.db (an
-    unbound book holding a transcoder `w` of d_in 512, twice the demo's d_model)."""
+    unbound book holding a transcoder `w` of d_in 512, twice the demo's d_model, and `deep`, one of layer 3)."""
     from circuitbook.book import Book
     from circuitbook.dictionary import Dictionary, DictionaryConfig
     from circuitbook.dictionary.store import save_to_book
@@ -171,6 +174,7 @@ def _graph_features_world(w: Path) -> None:
     book.close_all()
     book = Book.open(w / "wide.db")
     save_to_book(book, "w", Dictionary(DictionaryConfig("transcoder", 0, 2 * d_model, 16, "relu")))
+    save_to_book(book, "deep", Dictionary(DictionaryConfig("transcoder", 3, d_model, 16, "relu")))
     book.close_all()
 
 
@@ -268,6 +272,23 @@ CASES = [
     ("handcraft no --model and no book", ["handcraft", "{w}/spec_class.yaml", "--corpus", C], ["give --model"]),
     ("handcraft --book of another model", ["handcraft", "{w}/spec_class.yaml", "--model", "{w}/model2",
                                            "--corpus", C, "--book", "{w}/good.db"], ["good.db", "describes model"]),
+    # handcraft with dictionary features (the dictionaries come from --book)
+    ("handcraft spec: features without --book", ["handcraft", "{w}/spec_feat_range.yaml", "--model", M, "--corpus", C],
+     ["spec_feat_range.yaml", "names dictionary features (d)", "give --book"]),
+    ("handcraft spec: unknown dictionary", ["handcraft", "{w}/spec_feat_nope.yaml", "--model", M, "--corpus", C,
+                                            "--book", "{w}/dict.db"], ["dict.db", "no dictionary 'nope'"]),
+    ("handcraft spec: feature index out of range", ["handcraft", "{w}/spec_feat_range.yaml", "--model", M, "--corpus",
+                                                    C, "--book", "{w}/dict.db"],
+     ["spec_feat_range.yaml", "neurons[0].replaces.feature", "feature 99 does not exist", "0..15"]),
+    ("handcraft spec: replaces a feature of a dictionary of another width",
+     ["handcraft", "{w}/spec_feat_wide.yaml", "--model", M, "--corpus", C, "--book", "{w}/wide.db"],
+     ["d_in=512", "d_model is 256"]),
+    ("handcraft spec: replaces a feature of a dictionary of another layer",
+     ["handcraft", "{w}/spec_feat_deep.yaml", "--model", M, "--corpus", C, "--book", "{w}/wide.db"],
+     ["layer 3", "1 layer"]),
+    ("handcraft spec: replaces a feature, --save-model", ["handcraft", "{w}/spec_feat_range.yaml", "--model", M,
+                                                          "--corpus", C, "--book", "{w}/dict.db", "--save-model",
+                                                          "{t}/out"], ["--save-model", "no checkpoint"]),
     # coverage
     ("coverage: no labelled units (book unchanged)", ["coverage", "--book", "{w}/unlabelled.db", "--corpus", C],
      ["unlabelled.db", "no labelled units"]),
@@ -276,6 +297,18 @@ CASES = [
      ["empty.txt", "no stories"]),
     ("coverage: --model of another model", ["coverage", "--book", "{w}/good.db", "--corpus", C,
                                             "--model", "{w}/model2"], ["good.db", "describes model"]),
+    ("coverage --features: unknown dictionary", ["coverage", "--book", "{w}/dict.db", "--corpus", C, "--features",
+                                                 "nope"], ["dict.db", "no dictionary 'nope'"]),
+    ("coverage --features: no labelled features", ["coverage", "--book", "{w}/dict.db", "--corpus", C, "--features",
+                                                   "d"], ["dict.db", "no labelled features of dictionary 'd'"]),
+    ("coverage --features: d_in != the model's d_model", ["coverage", "--book", "{w}/wide.db", "--corpus", C,
+                                                          "--model", M, "--features", "w"], ["d_in=512", "d_model is 256"]),
+    ("coverage --features: a dictionary of another layer", ["coverage", "--book", "{w}/wide.db", "--corpus", C,
+                                                            "--model", M, "--features", "deep"], ["layer 3", "1 layer"]),
+    ("coverage --error without --features", ["coverage", "--book", "{w}/good.db", "--corpus", C, "--error", "drop"],
+     ["--error", "needs --features"]),
+    ("coverage --features: unknown --error", ["coverage", "--book", "{w}/dict.db", "--corpus", C, "--features", "d",
+                                              "--error", "maybe"], ["--error", "maybe"]),
     ("coverage: truncated --model", ["coverage", "--book", "{w}/good.db", "--corpus", C, "--model", "{w}/m-trunc"],
      ["m-trunc/model.safetensors", "truncated"]),
     # find

@@ -49,3 +49,47 @@ def test_cli_bad_spec_exits_2(tmp_path, capsys, demo):
     rc = main(["handcraft", str(spec), "--model", str(d), "--corpus", str(d / "stories.txt"), "--stories", "4"])
     err = capsys.readouterr().err
     assert rc == 2 and "bad.yaml:2: neurons[0].input" in err and "unknown class 'NOPE'" in err
+
+
+def test_feature_handcraft_and_coverage_cli(tmp_path, capsys):
+    """The superposition demo with its exact transcoder in the book: `handcraft` replaces a rule feature,
+    `coverage --features` keeps the labelled ones; the error-term setting is printed and stored."""
+    from circuitbook.demo.superposition import build_superposition
+    from circuitbook.dictionary.store import save_to_book
+
+    from ..dictionary.conftest import exact_transcoder
+
+    demo = build_superposition(0, n_stories=60)
+    d = demo.write(tmp_path / "sp")
+    from circuitbook.model import load_model
+
+    model = load_model(d)
+    book = tmp_path / "b.db"
+    b = Book.open(book)
+    b.bind_model(model)
+    save_to_book(b, "exact", exact_transcoder(demo), model=model)
+    names = list(demo.truth["rules"])
+    for i in range(4):
+        b.set_label("feature", 0, i, label=names[i])
+    b.close_all()
+    rule = demo.truth["rules"][names[0]]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "by hand", "neurons": [{
+        "name": names[0], "replaces": {"feature": {"dictionary": "exact", "idx": 0}}, "input": {"ids": rule["reads"]},
+        "output": {"direction": {"values": rule["w"]}}}]}))
+    corpus = str(d / "stories.txt")
+    assert main(["handcraft", str(spec), "--corpus", corpus, "--book", str(book), "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "error term kept (dictionary_error: keep)" in out and "reference: dictionary 'exact'" in out
+    assert main(["coverage", "--book", str(book), "--corpus", corpus, "--features", "exact", "--error", "drop",
+                 "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "feature coverage of dictionary 'exact'" in out and "error term dropped" in out and "4/8" in out
+    b = Book.open(book)
+    (ev,) = hb.evaluations(b)
+    full = hb.evaluation(b, ev["id"])
+    assert full["units"][0]["kind"] == "feature" and full["result"]["settings"]["dictionary_error"] == "keep"
+    assert ev["recovered_mean"] > 0.9
+    run = hb.latest_coverage(b)
+    assert run["n_units"] == 4 and run["result"]["error"] == "drop" and run["result"]["dictionary"] == "exact"
+    assert 0.15 < run["recovered"] < 0.85
