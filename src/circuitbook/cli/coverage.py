@@ -54,7 +54,8 @@ def main(args) -> int:
                                          per_label=not args.no_labels)
     else:
         if not any(u.kind in WEIGHT_ABLATORS for u in book.labelled()):
-            raise CircuitbookError(f"{book.path} has no labelled units: label some first (web UI or Book.set_label)")
+            raise CircuitbookError(f"{book.path} has no labelled units: label some first (web UI or Book.set_label; "
+                                   f"labelled features count with --features NAME)")
         stories = stories_of(args, need=1)
         cov = coverage_from_book(book, model, corpus, args.mode, progress=True, per_label=not args.no_labels)
     print(cov.summary())

@@ -120,13 +120,14 @@ def spec_dictionaries(spec, book, model) -> dict:
     return book_feature_dictionaries(book, names, model.cfg, model.weights.W_E.device)
 
 
-def _run_key(spec, model, corpus: str, classes: dict, args) -> str:
+def _run_key(spec, model, corpus: str, classes: dict, args, dictionaries: dict | None = None) -> str:
     """What this evaluation is: a re-run of the same (spec, model, corpus, classes, settings) replaces it."""
     import hashlib
 
     what = {"spec": spec.text or spec.to_yaml(), "model": model.fingerprint(), "corpus": corpus.split("#")[-1],
             "classes": classes, "stories": args.stories, "fit_fraction": args.fit_fraction, "max_len": args.max_len,
-            "batch_size": args.batch_size, "dtype": args.dtype}
+            "batch_size": args.batch_size, "dtype": args.dtype,
+            "dictionaries": {k: [fd.number, fd.name] for k, fd in (dictionaries or {}).items()}}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -184,6 +185,6 @@ def main(args) -> int:
         book = Book.open(args.book)
         book.bind_model(model)
         corpus = f"{args.corpus}#{corpus_hash(args.corpus)}"
-        eid = store(book, r, model, corpus, run_key=_run_key(spec, model, corpus, classes, args))
+        eid = store(book, r, model, corpus, run_key=_run_key(spec, model, corpus, classes, args, dictionaries))
         print(f"stored as evaluation {eid} in {book.path}")
     return 0

@@ -19,7 +19,8 @@ from .evaluate import Evaluation, SpecResult, baselines, evaluate, evaluate_spec
 from .export import export_spec
 from .features import ERROR_MODES, FeatureDictionary, FeatureSplice, feature_means, splice_interventions
 from .parse import load_spec, parse_spec
-from .spec import ClassMap, Direction, DirectSpec, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
+from .spec import (ClassMap, Direction, DirectSpec, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError,
+                   TokenSet)
 from .splice import (SpliceError, UnitMeans, ablate_embedding, ablate_heads, ablate_neurons, ablate_units,
                      add_neurons, replace_head, replace_neuron, resample_interventions, save_checkpoint, unit_means)
 

@@ -165,8 +165,8 @@ class FeatureCoverage:
         lines = [f"feature coverage of dictionary {self.dictionary!r} (layer {self.layer}; {self.mode}-ablation, "
                  f"error term {err}, {self.n_tokens} tokens): keeping {len(self.units)}/{self.n_features} labelled "
                  f"features recovers {f(self.recovered)} of the loss (original {self.ce_original:.4f}, all features "
-                 f"ablated {self.ce_ablated:.4f}, kept {self.ce_kept:.4f}; every feature kept {self.ce_dictionary:.4f}, "
-                 f"recovered {f(self.recovered_dictionary)})"]
+                 f"ablated {self.ce_ablated:.4f}, kept {self.ce_kept:.4f}; every feature kept "
+                 f"{self.ce_dictionary:.4f}, recovered {f(self.recovered_dictionary)})"]
         for g in self.groups[1:]:
             lines.append(f"  {g.kind:5s} {g.group!r:40s} {g.n_units:4d} features  CE {g.ce_kept:.4f}  "
                          f"recovered {f(g.recovered)}")

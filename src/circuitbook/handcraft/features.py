@@ -88,7 +88,8 @@ class FeatureDictionary:
         if not 0 <= self.layer < cfg.n_layers:
             raise SpliceError(f"{self.describe()} stands in for layer {self.layer}, but the model has "
                               f"{cfg.n_layers} layer(s)")
-        for name, got, want in (("W_enc", self.W_enc.shape[0], cfg.d_model), ("W_dec", self.W_dec.shape[1], cfg.d_model)):
+        for name, got in (("W_enc", self.W_enc.shape[0]), ("W_dec", self.W_dec.shape[1])):
+            want = cfg.d_model
             if got != want:
                 raise SpliceError(f"{self.describe()}: {name} has width {got}, the model's d_model is {want}")
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from .spec import ClassMap, Direction, DirectSpec, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError, TokenSet
+from .spec import (ClassMap, Direction, DirectSpec, FeatureRef, HeadSpec, NeuronSpec, OutputRule, Spec, SpecError,
+                   TokenSet)
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
