@@ -131,7 +131,7 @@ def part_loop(name: str, max_tokens: int, batch_size: int, tl_batches: int) -> d
     for bi, g in enumerate(batches):
         tok, mask = tensors(g)
         t0 = time.perf_counter()
-        out = model.run(tok, taps)  # the anchor: the same forward, same batch, same taps, right before
+        out = model.run(tok, taps, lengths=mask.sum(1))  # the anchor: the scan's forward, same batch and taps, right before
         t1 = time.perf_counter()
         ctx = BatchContext.build(tok, mask, torch.tensor([x[0] for x in g]), torch.tensor([x[1] for x in g]),
                                  s.max_len, s.before, s.after)
@@ -197,7 +197,7 @@ def part_bare(name: str, max_tokens: int | None, batch_size: int) -> dict:
     n = 0
     for _, group in shard_batches(read_stories(STORIES), model.tokenizer, s):
         tok, mask = tensors(group)
-        model.run(tok, taps)
+        model.run(tok, taps, lengths=mask.sum(1))
         n += int(mask[:, 1:].sum())
     wall = time.perf_counter() - t0
     return {"model": name, "tokens": n, "wall_s": wall, "tok_s": n / wall}

@@ -79,3 +79,43 @@ def test_too_long_sequence(pair):
     _, m = pair
     with pytest.raises(ValueError, match="exceeds"):
         m.run(torch.zeros(1, 129, dtype=torch.long))
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    return from_hf_model(LlamaForCausalLM(cfg).eval())
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "llama"])
+def test_packed_rows_equal_the_padded_forward_at_real_positions(pair, arch):
+    """``lengths`` runs the position-wise steps on the real rows only: every tap equals the padded forward's
+    at real positions (and each sequence run alone), is zero at the padding, and interventions still apply."""
+    m = pair[1] if arch == "gpt_neo" else _llama()
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([40, 7, 23, 1])
+    toks = torch.randint(0, 300, (4, 40), generator=g)
+    names = [n for n in hook_names(m.cfg) if n not in ("hook_embed", "hook_pos_embed")]
+    dense, packed = m.run(toks, names), m.run(toks, names, lengths=lengths)
+    valid = torch.arange(40)[None] < lengths[:, None]
+    for n in names:
+        a, b = dense[n], packed[n]
+        assert a.shape == b.shape, n
+        if "attn_scores" in n or "pattern" in n:  # [b, h, q, k]: real query rows
+            sel = valid[:, None, :, None].expand_as(a) & valid[:, None, None, :].expand_as(a)
+            assert torch.allclose(a[sel], b[sel], atol=1e-4), n
+            continue
+        assert torch.allclose(a[valid], b[valid], atol=1e-4, rtol=1e-4), n
+        assert b[~valid].abs().max() == 0 if (~valid).any() else True, n
+    alone = m.run(toks[1:2, :7], ["logits"])["logits"][0]
+    assert torch.allclose(packed["logits"][1, :7], alone, atol=1e-4)
+    tap = "blocks.0.mlp.hook_post"
+    iv = {tap: lambda x: x * 0}
+    a = m.run(toks, ["logits"], iv)["logits"]
+    b = m.run(toks, ["logits"], iv, lengths=lengths)["logits"]
+    assert torch.allclose(a[valid], b[valid], atol=1e-4)
+    with pytest.raises(ValueError, match="lengths"):
+        m.run(toks, ["logits"], lengths=torch.tensor([41, 1, 1, 1]))

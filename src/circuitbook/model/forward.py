@@ -5,6 +5,13 @@ them, so a scan that wants ``blocks.0.mlp.hook_post`` never computes W_out or th
 ``interventions={name: fn}`` replaces an activation by ``fn(activation)`` before anything downstream
 reads it (ablate, patch, steer).
 
+``lengths`` [batch] (right-padded batches: sequence i's real tokens are ``tokens[i, :lengths[i]]``): every
+position-wise step (norms, Q/K/V/O projections, the MLP, the unembedding) runs on the real positions only,
+packed as rows ``[n_real, ...]``, and only attention sees the padded ``[batch, pos]`` layout (causal: a real
+query never reads a later pad). A batch of stories of mixed lengths then costs its real tokens, not
+``batch x longest``. The results at real positions are the padded forward's (float rounding aside); taps
+and interventions still see ``[batch, pos, ...]``, with zeros at the padding.
+
 Tap names follow TransformerLens. Shapes ([batch, pos, ...]):
 
     hook_embed, hook_pos_embed                      [b, p, d_model]
@@ -105,40 +112,89 @@ def attention_mask(n_q: int, n_k: int, kind: str, window: int | None, device=Non
     return mask
 
 
+class _Rows:
+    """Where position-wise tensors live: ``[batch, pos, ...]`` (no lengths) or packed real rows ``[n, ...]``."""
+
+    def __init__(self, tokens: Tensor, lengths: Tensor | None):
+        self.b, self.p = tokens.shape
+        self.idx = None
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=tokens.device)
+            if lengths.shape != (self.b,) or bool((lengths < 0).any()) or bool((lengths > self.p).any()):
+                raise ValueError(f"lengths must be [batch] = [{self.b}] values in 0..{self.p}, got "
+                                 f"{tuple(lengths.shape)}")
+            valid = torch.arange(self.p, device=tokens.device)[None] < lengths[:, None]
+            self.idx = valid.reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[batch, pos, ...] -> the layout position-wise steps run in."""
+        return x if self.idx is None else x.reshape(self.b * self.p, *x.shape[2:]).index_select(0, self.idx)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """The position-wise layout -> [batch, pos, ...] (zeros at padding)."""
+        if self.idx is None:
+            return x
+        out = x.new_zeros(self.b * self.p, *x.shape[1:])
+        return out.index_copy_(0, self.idx, x).view(self.b, self.p, *x.shape[1:])
+
+    def tap(self, tap, name: str, x: Tensor) -> Tensor:
+        """A position-wise tap: taps and interventions see [batch, pos, ...]; x comes back in its layout."""
+        if self.idx is None or not tap.needs(name):
+            return tap(name, x) if self.idx is None else x
+        y = tap(name, self.unpack(x))
+        return self.pack(y) if name in tap.interventions else x
+
+
+def _linear(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    """x [..., d_in] @ W [d_in, d_out] + b, one fused matmul-and-bias (addmm) over the flattened rows."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.addmm(b, x2, W) if b is not None else x2 @ W
+    return y.view(*x.shape[:-1], W.shape[-1])
+
+
+def _heads_in(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x [..., d_model] through per-head weights W [n_heads, d_model, d_head] + b [n_heads, d_head]:
+    [..., n_heads, d_head] (one matmul over all heads)."""
+    h, d, e = W.shape
+    return _linear(x, W.permute(1, 0, 2).reshape(d, h * e), b.reshape(h * e)).view(*x.shape[:-1], h, e)
+
+
 def run(weights: Weights, tokens: Tensor, taps: Iterable[str] = ("logits",),
-        interventions: dict[str, Intervention] | None = None) -> dict[str, Tensor]:
-    """Run ``tokens`` [batch, pos] (int64) through the model and return {tap name: activation}."""
+        interventions: dict[str, Intervention] | None = None, lengths: Tensor | None = None) -> dict[str, Tensor]:
+    """Run ``tokens`` [batch, pos] (int64) through the model and return {tap name: activation}
+    (``lengths``: see the module docstring)."""
     tap = _Taps(weights, taps, interventions)
     if not tap.wanted:
         return {}
+    if tokens.ndim == 1:
+        tokens = tokens[None]
     try:
-        _forward(weights, tokens, tap)
+        _forward(weights, tokens, tap, _Rows(tokens, lengths))
     except _Done:
         pass
     return tap.cache
 
 
 @torch.inference_mode()
-def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
+def _forward(w: Weights, tokens: Tensor, tap: _Taps, rows: _Rows) -> None:
     cfg = w.cfg
-    if tokens.ndim == 1:
-        tokens = tokens[None]
     n_pos = tokens.shape[1]
     if w.W_pos is not None and n_pos > w.W_pos.shape[0]:
         raise ValueError(f"sequence of {n_pos} tokens exceeds the model's {w.W_pos.shape[0]} positions")
     resid = tap("hook_embed", w.W_E[tokens])
     if w.W_pos is not None:
         resid = resid + tap("hook_pos_embed", w.W_pos[:n_pos])[None]
+    resid = rows.pack(resid)  # from here on position-wise tensors are rows.pack'ed; taps see [batch, pos, ...]
 
     for l in range(cfg.n_layers):
-        h = lambda name, x: tap(f"blocks.{l}.{name}", x)  # noqa: E731
+        h = lambda name, x: rows.tap(tap, f"blocks.{l}.{name}", x)  # noqa: E731
         resid = h("hook_resid_pre", resid)
 
-        # --- attention
+        # --- attention (the only step that needs the [batch, pos] layout)
         x = _norm(resid, w.ln1_w[l], w.ln1_b[l], cfg.norm, cfg.eps, h, "ln1.hook_scale")
-        q = h("attn.hook_q", torch.einsum("bpd,hde->bphe", x, w.W_Q[l]) + w.b_Q[l])
-        k = h("attn.hook_k", torch.einsum("bpd,hde->bphe", x, w.W_K[l]) + w.b_K[l])
-        v = h("attn.hook_v", torch.einsum("bpd,hde->bphe", x, w.W_V[l]) + w.b_V[l])
+        q = rows.unpack(h("attn.hook_q", _heads_in(x, w.W_Q[l], w.b_Q[l])))
+        k = rows.unpack(h("attn.hook_k", _heads_in(x, w.W_K[l], w.b_K[l])))
+        v = rows.unpack(h("attn.hook_v", _heads_in(x, w.W_V[l], w.b_V[l])))
         if cfg.positional == "rotary":
             q, k = _rotary(q, cfg.rotary_base), _rotary(k, cfg.rotary_base)
         mask = attention_mask(n_pos, n_pos, cfg.attn_types[l], cfg.window, tokens.device)
@@ -146,33 +202,33 @@ def _forward(w: Weights, tokens: Tensor, tap: _Taps) -> None:
             scores = torch.einsum("bqhe,bkhe->bhqk", q.float(), k.float())
             if cfg.attn_scale != 1.0:  # (GPT-Neo does not scale: skip a pass over [b, h, q, k])
                 scores.div_(cfg.attn_scale)
-            scores = h("attn.hook_attn_scores", scores.masked_fill_(~mask, float("-inf")))
-            pattern = h("attn.hook_pattern", scores.softmax(-1))
+            scores = tap(f"blocks.{l}.attn.hook_attn_scores", scores.masked_fill_(~mask, float("-inf")))
+            pattern = tap(f"blocks.{l}.attn.hook_pattern", scores.softmax(-1))
             z = torch.einsum("bhqk,bkhe->bqhe", pattern.to(v.dtype), v)
         else:  # fused kernel when nobody looks at the pattern
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=mask, scale=1.0 / cfg.attn_scale).transpose(1, 2)
-        z = h("attn.hook_z", z)
+        z = h("attn.hook_z", rows.pack(z))
         if tap.needs(f"blocks.{l}.attn.hook_result"):
-            attn_out = h("attn.hook_result", torch.einsum("bphe,hed->bphd", z, w.W_O[l])).sum(2) + w.b_O[l]
+            attn_out = h("attn.hook_result", torch.einsum("...he,hed->...hd", z, w.W_O[l])).sum(-2) + w.b_O[l]
         else:
-            attn_out = torch.einsum("bphe,hed->bpd", z, w.W_O[l]) + w.b_O[l]
+            attn_out = _linear(z.flatten(-2), w.W_O[l].flatten(0, 1), w.b_O[l])
         resid = h("hook_resid_mid", resid + h("hook_attn_out", attn_out))
 
         # --- MLP
         x = _norm(resid, w.ln2_w[l], w.ln2_b[l], cfg.norm, cfg.eps, h, "ln2.hook_scale")
         if w.W_gate is not None:
-            pre = h("mlp.hook_pre", x @ w.W_gate[l])
-            post = activation(pre, cfg.act_fn) * h("mlp.hook_pre_linear", x @ w.W_in[l] + w.b_in[l])
+            pre = h("mlp.hook_pre", _linear(x, w.W_gate[l], None))
+            post = activation(pre, cfg.act_fn) * h("mlp.hook_pre_linear", _linear(x, w.W_in[l], w.b_in[l]))
         else:
-            pre = h("mlp.hook_pre", x @ w.W_in[l] + w.b_in[l])
+            pre = h("mlp.hook_pre", _linear(x, w.W_in[l], w.b_in[l]))
             post = activation(pre, cfg.act_fn)
         post = h("mlp.hook_post", post)
-        resid = h("hook_resid_post", resid + h("hook_mlp_out", post @ w.W_out[l] + w.b_out[l]))
+        resid = h("hook_resid_post", resid + h("hook_mlp_out", _linear(post, w.W_out[l], w.b_out[l])))
 
-    x = _norm(resid, w.lnf_w, w.lnf_b, cfg.norm, cfg.eps, tap, "ln_final.hook_scale")
-    x = tap("ln_final.hook_normalized", x)
-    tap("logits", (x @ w.W_U + w.b_U).float())
+    x = _norm(resid, w.lnf_w, w.lnf_b, cfg.norm, cfg.eps, lambda n, y: rows.tap(tap, n, y), "ln_final.hook_scale")
+    x = rows.tap(tap, "ln_final.hook_normalized", x)
+    tap("logits", rows.unpack(_linear(x, w.W_U, w.b_U).float()))
 
 
 def mlp_input(weights: Weights, layer: int, resid_mid: Tensor) -> Tensor:

@@ -44,8 +44,9 @@ class Model:
         return self.weights.cfg
 
     def run(self, tokens: Tensor, taps: Iterable[str] = ("logits",),
-            interventions: dict[str, Intervention] | None = None) -> dict[str, Tensor]:
-        return run(self.weights, tokens.to(self.weights.device), taps, interventions)
+            interventions: dict[str, Intervention] | None = None, lengths: Tensor | None = None) -> dict[str, Tensor]:
+        """:func:`.forward.run` (``lengths``: real lengths of a right-padded batch, computed packed)."""
+        return run(self.weights, tokens.to(self.weights.device), taps, interventions, lengths)
 
     def log_probs(self, tokens: Tensor, interventions=None) -> Tensor:
         return log_probs(self.weights, tokens.to(self.weights.device), interventions)

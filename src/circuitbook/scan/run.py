@@ -428,7 +428,7 @@ def scan_corpus(model, corpus, book: Book | str | Path, settings: ScanSettings |
             tokens, mask = tokens.to(device, non_blocking=nb), mask.to(device, non_blocking=nb)
             ctx = BatchContext.build(tokens, mask, story.to(device, non_blocking=nb),
                                      window.to(device, non_blocking=nb), s.max_len, s.before, s.after)
-            out = model.run(tokens, taps)
+            out = model.run(tokens, taps, lengths=mask.sum(1))  # position-wise steps on the real rows only
             for l in reversed(range(cfg.n_layers)):  # newest first: the last MLP output may still be in cache
                 state.neurons[l].update(out[f"blocks.{l}.mlp.hook_post"], ctx)
                 state.heads[l].update(out[f"blocks.{l}.attn.hook_pattern"], ctx)
