@@ -63,3 +63,13 @@ def test_bad_shapes_and_settings():
         DictionaryConfig("sae", 0, 12, 30, "topk", k=31)
     with pytest.raises(DictionaryError, match="kind must be"):
         DictionaryConfig("crosscoder", 0, 12, 30, "relu")
+
+
+def test_init_ties_an_sae_and_not_a_transcoder():
+    """An SAE starts with W_enc = W_dec^T; a transcoder (reads the MLP's input, writes its output) does not: its
+    encoder columns are independent of its decoder rows (|cos| of random 64-d unit vectors, about 0.1)."""
+    for kind, tied in (("sae", True), ("transcoder", False), ("skip-transcoder", False)):
+        d = Dictionary(DictionaryConfig(kind, 0, 64, 200, "topk", k=4))
+        d.init_weights(torch.Generator().manual_seed(0))
+        cos = torch.nn.functional.cosine_similarity(d.W_enc.T, d.W_dec, dim=1).abs()
+        assert (cos.min() > 0.999) if tied else (cos.median() < 0.2), kind

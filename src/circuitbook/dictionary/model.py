@@ -92,12 +92,16 @@ class Dictionary(nn.Module):
         return {n: p.detach().float().contiguous() for n, p in self.named_parameters()}
 
     def init_weights(self, generator: torch.Generator) -> None:
-        """Random unit-norm decoder rows, encoder = decoder transpose, zero biases (and skip)."""
+        """Random unit-norm decoder rows, zero biases (and skip). An SAE's encoder starts as the decoder's
+        transpose (it reads the space it writes: Gao et al. 2024); a transcoder's encoder starts as independent
+        random unit columns, because it reads the MLP's input and writes its output, two different spaces: a
+        tied start makes every feature read the direction it writes, and with tied embeddings an
+        under-trained feature then "promotes the token it reads" (content) for no reason in the model."""
         W = torch.randn(self.cfg.d_sae, self.cfg.d_out, generator=generator)
         W /= W.norm(dim=1, keepdim=True)
         with torch.no_grad():
             self.W_dec.copy_(W)
-            if self.cfg.d_in == self.cfg.d_out:
+            if self.cfg.kind == "sae" and self.cfg.d_in == self.cfg.d_out:
                 enc = W.T.clone()
             else:
                 enc = torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator)

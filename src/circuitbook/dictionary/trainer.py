@@ -8,7 +8,8 @@ Recipe (Gao et al. 2024 "Scaling and evaluating sparse autoencoders"; sparsify's
   * inputs and targets are scaled to mean squared norm d (``s_in``, ``s_out`` measured on the first block)
     and the scales are folded back into the weights at the end (:meth:`Dictionary.fold_scales`);
   * decoder rows unit-norm: the gradient's component along each row is removed before the step and the
-    rows are renormalised after it; encoder initialised to the decoder's transpose, b_dec to the mean target;
+    rows are renormalised after it; an SAE's encoder initialised to the decoder's transpose (a transcoder's
+    independently: it reads another space than it writes), b_dec to the mean target;
   * loss = FVU of the batch (sum of squared errors / total variance) + ``aux_k_coeff`` * AuxK (the top
     ``aux_k`` *dead* features' pre-activations reconstruct the residual error, scaled by min(1, n_dead /
     aux_k)) + ``l1_coeff`` * mean L1 of the activations for ReLU dictionaries;
