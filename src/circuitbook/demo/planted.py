@@ -11,12 +11,15 @@ not built on (the embedded demo is one model; this is a family).
   * every other neuron a random-direction noise neuron (a random input direction, a random output direction,
     a bias that makes it fire on about a sixth of the tokens).
 
-Reading and writing. With ``x_t = normalize(W_E[t] + mean W_pos)`` (what the MLP's weightless LayerNorm sees
-when attention is small; ``||x_t|| = sqrt(d_model)``), a planted neuron's input weight is
-``W_in[:, n] = (READ / sqrt(d)) * sum_{t in reads} x_t / ||x_t||`` and its bias ``-READ / 2``: pre-activation
-about ``+READ/2`` on a read token and ``-READ/2 +- noise`` elsewhere (random embeddings are nearly orthogonal).
-Its output row is ``W_out[n] = WRITE * sum_{v in writes} W_U[:, v] / ||W_U[:, v]||`` (a direction the final norm
-only rescales), so its direct logit effect is largest on exactly the written tokens.
+Reading and writing, exactly. With ``x_t = normalize(W_E[t] + mean W_pos)`` (what the MLP's weightless LayerNorm
+sees when attention is small; ``||x_t|| = sqrt(d_model)``), a planted neuron's input weight ``W_in[:, n]`` is the
+minimum-norm vector with ``x_t . W_in[:, n] = READ`` for every read token t (``_exact``: random embeddings are
+nearly orthogonal, so it is close to ``(READ / sqrt(d)) * sum_t x_t / ||x_t||``, but the read tokens' cross-talk is
+solved away) and its bias ``-READ / 2``: pre-activation ``+READ/2`` on every read token and ``-READ/2 +- noise``
+elsewhere, so the planted read set is the set the neuron fires on, not only the one it was meant to. Its output
+row is ``W_out[n] = WRITE * sum_{v in writes} W_U[:, v] / ||W_U[:, v]||`` (a direction the final norm only
+rescales), so its direct logit effect is largest on the written tokens, up to their cross-talk of relative size
+``sqrt(k / d_model)`` (an exact, equal-effect write measured no cleaner, and typed possessive outputs worse).
 
 Rule kinds and what a correct typing says (``PlantedRule.expect_type`` / ``expect_in`` / ``expect_out``: the
 sets of CLASSES / fine-tag target names the rule's two sides must name):
@@ -190,6 +193,12 @@ def _rule(kind: str, rng, by_cls: dict, by_tag: dict, base: dict) -> tuple[list,
     raise CircuitbookError(f"unknown rule kind {kind!r} (known: {', '.join(RULE_KINDS)})")
 
 
+def _exact(rows: torch.Tensor, target: float) -> torch.Tensor:
+    """The minimum-norm w with ``rows @ w == target`` for every row ([k, d], k <= d, rows independent)."""
+    r = rows.double()
+    return (r.T @ torch.linalg.solve(r @ r.T, torch.full((len(r),), float(target), dtype=torch.float64))).float()
+
+
 def build_planted(tokenizer, classes: TokenClasses, seed: int, d_model: int = 512, d_mlp: int = 2048,
                   n_heads: int = 8, n_rules: int = 6, kinds: tuple[str, ...] | None = None, tied: bool | None = None,
                   min_count: int = 10, purity: float = 0.9) -> Planted:
@@ -207,7 +216,6 @@ def build_planted(tokenizer, classes: TokenClasses, seed: int, d_model: int = 51
     W_pos = torch.randn(512, d, generator=g) * 0.02
     W_U = W_E.T.clone() if tied else torch.randn(d, V, generator=g)
     x = normalize(W_E + W_pos[:256].mean(0), "LN", 1e-5)
-    x_hat = x / x.norm(dim=1, keepdim=True)
     u_hat = W_U / W_U.norm(dim=0, keepdim=True)
 
     W_in = torch.randn(d, d_mlp, generator=g) / math.sqrt(d)  # pre-activation sd ~1 on every token
@@ -220,7 +228,7 @@ def build_planted(tokenizer, classes: TokenClasses, seed: int, d_model: int = 51
     for j, n in enumerate(neurons):
         kind = kinds[j % len(kinds)]
         reads, writes, e_in, e_out, typ = _rule(kind, rng, by_cls, by_tag, base)
-        W_in[:, n] = x_hat[reads].sum(0) * (READ / math.sqrt(d))
+        W_in[:, n] = _exact(x[reads], READ)
         b_in[n] = -READ / 2
         W_out[n] = u_hat[:, writes].sum(1) * WRITE
         rules.append(PlantedRule(kind, int(n), reads, writes, typ, e_in, e_out))
@@ -323,4 +331,67 @@ def evaluate_typing(planted: Planted, types, classes: TokenClasses | None = None
     out["noise_typed"] = len(noise_typed)
     out["noise"] = len(planted.noise)
     out["noise_fpr"] = len(noise_typed) / max(len(planted.noise), 1)
+    return out
+
+
+def _f1(got: set[int], want: set[int]) -> float:
+    hit = len(got & want)
+    return 2 * hit / (len(got) + len(want)) if got or want else 1.0
+
+
+def explanation_match(rule: PlantedRule, program: dict | None, seen, min_seen: int = 3) -> tuple[float, float]:
+    """How well an explanation program (``book.explanations`` dict form) names the planted sets: the F1 overlap of
+    (its current-token input set, the planted read set) and of (its promoted set, the planted write set).
+
+    Both sides are compared on the corpus the explanation was made from (``seen``: token id -> count there):
+    input tokens seen at least ``min_seen`` times (a token the corpus barely holds cannot be told from its
+    neighbours), output tokens seen at all (random cross-talk reaches some of the 50k tokens no story holds,
+    and no evidence can say they are not promoted). An input clause keyed on anything but the current token
+    scores 0 on the input side."""
+    if not program or not program.get("input"):
+        return 0.0, 0.0
+    got: set[int] = set()
+    for c in program["input"]:
+        ids = (c.get("tokens") or {}).get("ids")
+        if ids is None or c.get("prev") or c.get("earlier"):
+            return 0.0, 0.0
+        got |= set(ids)
+    common = {t for t in got | set(rule.reads) if seen.get(t, 0) >= min_seen}
+    f_in = _f1(got & common, set(rule.reads) & common)
+    out = set(((program.get("output") or {}).get("promote") or {}).get("ids") or [])
+    in_corpus = {t for t in out | set(rule.writes) if seen.get(t, 0) >= 1}
+    return f_in, _f1(out & in_corpus, set(rule.writes) & in_corpus)
+
+
+def evaluate_explanations(planted: Planted, current: dict, scores, seen, layer: int = 0, min_sim: float = 0.9,
+                          min_f1: float = 0.8, noise_max: float = 0.3) -> dict:
+    """Auto explanations and their scores against the truth.
+
+    ``current``: ``book.explanations.current(book)`` ({(kind, layer, idx): explanation}); ``scores``: UnitScores
+    of a score run on held-out stories. Per rule kind: planted neurons whose explanation names the planted
+    input set (``named_in``: F1 >= ``min_f1``, :func:`explanation_match`), output set (``named_out``), both with
+    simulation >= ``min_sim`` (``hits``); ``f1``: (kind, input F1, output F1) per rule. Noise: the largest |simulation| of a noise neuron and how many reach
+    ``noise_max``. ``misses``: (kind, neuron, input F1, output F1, simulation, sentence)."""
+    sim = {s.idx: s.simulation for s in scores if s.kind == "neuron" and s.layer == layer}
+    out: dict = {"kinds": {}, "misses": [], "f1": []}
+    for r in planted.rules:
+        e = current.get(("neuron", layer, r.neuron)) or {}
+        f_in, f_out = explanation_match(r, e.get("program"), seen)
+        out["f1"].append((r.kind, f_in, f_out))
+        ok_in, ok_out = f_in >= min_f1, f_out >= min_f1
+        s = sim.get(r.neuron)
+        good = s is not None and s >= min_sim
+        k = out["kinds"].setdefault(r.kind, {"n": 0, "named_in": 0, "named_out": 0, "simulated": 0, "hits": 0})
+        k["n"] += 1
+        k["named_in"] += ok_in
+        k["named_out"] += ok_out
+        k["simulated"] += good
+        k["hits"] += ok_in and ok_out and good
+        if not (ok_in and ok_out and good):
+            out["misses"].append((r.kind, r.neuron, round(f_in, 3), round(f_out, 3), s, e.get("sentence")))
+    ns = [abs(sim[i]) for i in planted.noise if sim.get(i) is not None]
+    out["noise"] = len(planted.noise)
+    out["noise_scored"] = len(ns)
+    out["noise_max"] = max(ns, default=0.0)
+    out["noise_over"] = sum(v >= noise_max for v in ns)
     return out
