@@ -162,13 +162,13 @@ def main(args) -> int:
     model, book = model_and_book(args)  # the book read-only: nothing is written before the evaluation is done
     if book is not None:
         check_same_model(book, model)
-    dictionaries = spec_dictionaries(spec, book, model)
     if args.from_book:
         from ..explain.to_spec import spec_from_explanations
 
         spec = spec_from_explanations(book)
         if not spec.neurons and not spec.heads:
             raise CircuitbookError(f"{book.path} has no explanations that build (run circuitbook explain)")
+    dictionaries = spec_dictionaries(spec, book, model)
     classes = read_classes(args, book)
     stories = stories_of(args)
     n_fit = max(1, min(len(stories) - 1, round(len(stories) * args.fit_fraction)))
