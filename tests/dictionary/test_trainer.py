@@ -76,3 +76,29 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path, sp_demo):
               checkpoint=tmp_path / "c.pt", progress=False)
     with pytest.raises(DictionaryError, match="do not match the model's d_model"):
         train(m, sp_demo.stories[:20], DictionaryConfig("sae", 0, 8, 16, "relu"), tc, progress=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resampling_keeps_the_reconstruction(seed):
+    """Resampled features start quiet: on inputs that share a large direction (as an MLP's input after its norm
+    does), resampling half the features leaves the batch's reconstruction error where it was, instead of
+    letting the new features fire on every row and fill TopK (a 16k transcoder's FVU went 0.7 -> 761)."""
+    from circuitbook.dictionary import Dictionary
+    from circuitbook.dictionary.trainer import resample
+
+    g = torch.Generator().manual_seed(seed)
+    d_in, d_sae, n = 32, 64, 512
+    d = Dictionary(DictionaryConfig("transcoder", 0, d_in, d_sae, "topk", k=4))
+    d.init_weights(g)
+    shared = torch.randn(d_in, generator=g)
+    x = 4 * shared / shared.norm() * d_in ** 0.5 + torch.randn(n, d_in, generator=g)
+    y = x @ torch.randn(d_in, d_in, generator=g) / d_in ** 0.5
+    with torch.no_grad():
+        d.b_dec.copy_(y.mean(0))
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3)
+    fvu = lambda: float((y - d(x)).pow(2).sum() / (y - y.mean(0)).pow(2).sum())  # noqa: E731
+    before = fvu()
+    mass = torch.ones(d_sae)
+    mass[d_sae // 2:] = 0.0
+    assert resample(d, opt, x, y, mass, seed, 1) == d_sae // 2
+    assert fvu() <= before * 1.05 + 0.05

@@ -56,3 +56,38 @@ def test_sae_features_are_refused():
                                         "W_dec": torch.zeros(4, d_model), "b_dec": torch.zeros(d_model)})
     with pytest.raises(DictionaryError, match="SAE"):
         type_features(demo.model, sae, demo.stories, progress=False)
+
+
+def test_feature_types_are_stored_read_and_rendered(typed, tmp_path):
+    """``store_feature_types`` keeps every feature's verdict in the book: read back equal, counted, shown on the
+    feature's page (a dead feature says so); a dictionary replaced under the same name hides the old types."""
+    import dataclasses
+
+    from circuitbook.book import Book
+    from circuitbook.book import roles as stored
+    from circuitbook.book.render import unit_html
+    from circuitbook.dictionary.store import save_to_book
+
+    demo, feats, _ = typed
+    d = _conf.exact_transcoder(demo)
+    book = Book.open(tmp_path / "b.db")
+    n = save_to_book(book, "exact", d)
+    types = list(feats.types)
+    types[-1] = dataclasses.replace(types[-1], type="unclear", rule="", evidence={"dead": True})
+    stored.store_feature_types(book, n, types, {"alpha": 0.05})
+    back = stored.feature_types(book, n, evidence=True)
+    assert len(back) == len(types)
+    for t in types:
+        got = stored.feature_type(book, n, t.idx)
+        assert (got["type"], got["rule"], got["evidence"]) == (t.type, t.rule, t.evidence)
+    counts = stored.feature_type_counts(book, n)
+    assert sum(counts.values()) == len(types) and counts["syntax"] == sum(t.type == "syntax" for t in types)
+    assert [x["idx"] for x in stored.feature_types(book, n, type="syntax")] == sorted(
+        (t.idx for t in types if t.type == "syntax"), key=lambda i: (-types[i].score, i))
+    first = next(t for t in types if t.type == "syntax")
+    page = unit_html(book.unit("feature", n, first.idx))
+    assert first.rule.replace(">", "&gt;") in page
+    assert "dead feature" in unit_html(book.unit("feature", n, types[-1].idx))
+    save_to_book(book, "exact", d, replace=True)  # same number, a new dictionary: its old types are not its own
+    assert stored.feature_type(book, n, first.idx) is None and stored.feature_types(book, n) == []
+    assert "typing" not in book.unit("feature", n, first.idx).sections

@@ -16,9 +16,14 @@ Tables
       the verdict for each neuron: type in syntax/content/mixed/unclear, rule ("PRON -> VERB" or ""),
       confidence in [0, 1], score (-log10 q; ranks the strongest), evidence JSON (see roles.classify).
       Meta ``typing_settings`` records the settings of the run that wrote them.
+  typing_features (dictionary, idx PK, type, rule, confidence, score, evidence)
+      the same verdict for each feature of a dictionary (``dictionary.typing.type_features``): ``dictionary``
+      is its number (the ``layer`` slot of ``feature/<number>/<idx>``). Meta ``typing_features.<number>``
+      records the settings and the dictionary's ``created`` time: rows of a dictionary replaced since
+      (``--overwrite`` keeps its number) are not read.
 
 Query API (the web and notebooks read these): ``token_classes``, ``unit_type``, ``unit_types``, ``rules``,
-``type_counts``, ``token_acts``, ``token_act_ids``. Storage and queries only: the model table over a book is
+``type_counts``, ``store_feature_types``, ``feature_type``, ``feature_types``, ``feature_type_counts``, ``token_acts``, ``token_act_ids``. Storage and queries only: the model table over a book is
 ``roles.summary.book_summary`` and concept search over a book ``roles.concepts.find_concept``.
 """
 
@@ -30,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import Book, Component, register_component
+from .core import Book, BookError, Component, register_component
 
 MIGRATIONS = [
     """
@@ -49,6 +54,15 @@ MIGRATIONS = [
     """,
     """
     CREATE TABLE typing_null_acts (token_id INTEGER PRIMARY KEY, means BLOB NOT NULL);
+    """,
+    """
+    CREATE TABLE typing_features (
+        dictionary INTEGER NOT NULL, idx INTEGER NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('syntax', 'content', 'mixed', 'unclear')),
+        rule TEXT NOT NULL DEFAULT '', confidence REAL NOT NULL, score REAL NOT NULL, evidence TEXT NOT NULL,
+        PRIMARY KEY (dictionary, idx)
+    );
+    CREATE INDEX typing_features_type ON typing_features (dictionary, type, score);
     """,
 ]
 
@@ -211,12 +225,68 @@ def rules(book: Book) -> list[tuple[str, int]]:
         "SELECT rule, count(*) AS n FROM typing_units WHERE rule != '' GROUP BY rule ORDER BY n DESC, rule")]
 
 
+# ------------------------------------------------------------------ feature types
+def _dictionary_created(book: Book, number: int) -> float | None:
+    r = book.conn.execute("SELECT created FROM dictionaries WHERE number = ?", (number,)).fetchone()
+    return None if r is None else r[0]
+
+
+def store_feature_types(book: Book, number: int, types, settings: dict) -> None:
+    """Replace the types of dictionary ``number``'s features with ``types`` (roles.classify.UnitType, ``idx``
+    the feature index), in one transaction with the meta that ties them to this version of the dictionary."""
+    created = _dictionary_created(book, number)
+    if created is None:
+        raise BookError(f"{book.path} has no dictionary number {number}")
+    with book.transaction() as c:
+        c.execute("DELETE FROM typing_features WHERE dictionary = ?", (number,))
+        c.executemany("INSERT INTO typing_features VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      ((number, t.idx, t.type, t.rule, t.confidence, t.score, json.dumps(t.evidence))
+                       for t in types))
+        book.set_meta(f"typing_features.{number}", {"settings": settings, "created": created}, c)
+
+
+def _features_current(book: Book, number: int) -> bool:
+    meta = book.get_meta(f"typing_features.{number}")
+    return meta is not None and meta.get("created") == _dictionary_created(book, number)
+
+
+def feature_type(book: Book, number: int, idx: int) -> dict | None:
+    """One feature's verdict ({"dictionary", "idx", "type", ...}, as :func:`unit_type`), or None."""
+    if not _features_current(book, number):
+        return None
+    r = book.conn.execute("SELECT * FROM typing_features WHERE dictionary=? AND idx=?", (number, idx)).fetchone()
+    return None if r is None else {"dictionary": r[0], **{k: v for k, v in _row(r).items() if k != "layer"}}
+
+
+def feature_types(book: Book, number: int, type: str | None = None, limit: int | None = None,
+                  evidence: bool = False) -> list[dict]:
+    """Typed features of dictionary ``number``, strongest first, optionally of one type ([] when not typed)."""
+    if not _features_current(book, number):
+        return []
+    q, args = "SELECT * FROM typing_features WHERE dictionary = ?", [number]
+    if type:
+        q, args = q + " AND type = ?", args + [type]
+    q += " ORDER BY score DESC, idx" + ("" if limit is None else f" LIMIT {int(limit)}")
+    return [{"dictionary": r[0], **{k: v for k, v in _row(r, evidence).items() if k != "layer"}}
+            for r in book.conn.execute(q, args)]
+
+
+def feature_type_counts(book: Book, number: int) -> dict[str, int]:
+    """{type: number of features} of dictionary ``number`` (zeros included; dead features count as unclear)."""
+    out = {t: 0 for t in ("syntax", "content", "mixed", "unclear")}
+    if _features_current(book, number):
+        for t, n in book.conn.execute("SELECT type, count(*) FROM typing_features WHERE dictionary = ? "
+                                      "GROUP BY type", (number,)):
+            out[t] = n
+    return out
+
+
 # ------------------------------------------------------------------ unit sections
 def read_unit(book: Book, kind: str, layer: int, idx: int) -> dict | None:
-    if kind != "neuron":
+    if kind not in ("neuron", "feature"):
         return None
     try:
-        return unit_type(book, layer, idx)
+        return unit_type(book, layer, idx) if kind == "neuron" else feature_type(book, layer, idx)
     except Exception:  # a book made before this component existed has no table yet when opened readonly
         return None
 
@@ -236,6 +306,8 @@ def _classes(cls) -> str:
 def render_html(sec: dict, ctx: Any = None) -> str:
     e = html.escape
     ev = sec["evidence"]
+    if ev.get("dead"):
+        return "<p><b>unclear</b>: a dead feature (it never fired in the scan), left out of typing</p>"
     con = ev["content"]
     coh = con.get("coherence") or {}
     parts = [f"<p><b>{e(sec['type'])}</b>{' ' + e(sec['rule']) if sec['rule'] else ''} "

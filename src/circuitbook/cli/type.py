@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..errors import CircuitbookError
@@ -72,20 +73,26 @@ def run(args) -> int:
 
 def _features(args, model, stories) -> int:
     from ..book import Book
-    from ..dictionary.store import load_from_book
-    from ..roles.classify import Settings
-    from ..dictionary.typing import type_features
-
+    from ..book import roles as stored
     from ..book import scan as bs
+    from ..dictionary.store import load_from_book
+    from ..dictionary.typing import type_features
+    from ..roles.classify import Settings
 
     book = Book.open(args.book, create=False, readonly=True)
     d, row = load_from_book(book, args.features)
     stats = [bs.unit_stats(book, "feature", row["number"], i) for i in range(d.cfg.d_sae)]
+    book.close()
     alive = None if any(s is None for s in stats) else [s.fire_rate > 0 for s in stats]
-    res = type_features(model, d, stories, settings=Settings(alpha=args.alpha), min_count=args.min_count,
-                        alive=alive)
-    dead = "" if alive is None else f", {d.cfg.d_sae - sum(alive)} dead features (the scan's fire rate 0) left out"
+    settings = Settings(alpha=args.alpha)
+    res = type_features(model, d, stories, settings=settings, min_count=args.min_count, alive=alive)
+    book = Book.open(args.book, create=False)
+    stored.store_feature_types(book, row["number"], res.types,
+                               {**dataclasses.asdict(settings), "min_count": args.min_count,
+                                "n_stories": len(stories), "alive_from_scan": alive is not None})
+    dead = "" if alive is None else f"; {d.cfg.d_sae - sum(alive)} dead features (the scan's fire rate 0) left out"
     print(f"typed {len(res.types)} features of {args.features} against {len(res.universe)} tokens seen >= "
-          f"{args.min_count} times in {len(stories)} stories (from their weights; not stored{dead})")
-    print(res.summary.table().replace("neurons", "units"))
+          f"{args.min_count} times in {len(stories)} stories (from their weights; stored in the book{dead})")
+    n = row["number"]
+    print(res.summary.table(noun="features", key=lambda l, i: f"F{n}.{i}"))
     return 0

@@ -179,10 +179,17 @@ def train_step(d: Dictionary, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfi
     return loss, {"fvu": float(fvu.detach()), "l0": l0, "auxk": auxk, "loss": float(loss.detach())}, fired, mass
 
 
+RESAMPLE_ENC_SCALE = 0.2
+"""A resampled feature's encoder norm, as a fraction of the alive features' mean (Anthropic's recipe): new
+features start quiet, so a resampling step does not flood TopK with untrained features."""
+
+
 @torch.no_grad()
 def resample(d: Dictionary, opt, x: torch.Tensor, y: torch.Tensor, mass: torch.Tensor, seed: int, step: int) -> int:
     """Re-initialise the features whose activation ``mass`` is below 1% of the largest towards the worst-
-    reconstructed rows of (x, y) (see TrainConfig.resample_every); returns how many were resampled."""
+    reconstructed rows of (x, y) (see TrainConfig.resample_every): the decoder row is the row's unit error,
+    the encoder reads the row's centred input (``RESAMPLE_ENC_SCALE`` x the alive encoders' mean norm) with the
+    bias that silences it on the batch's mean input; returns how many were resampled."""
     low = (mass < 0.01 * mass.max()).nonzero().flatten()
     if len(low) == 0:
         return 0
@@ -190,13 +197,16 @@ def resample(d: Dictionary, opt, x: torch.Tensor, y: torch.Tensor, mass: torch.T
     w = err.pow(2).sum(-1).double()
     w = w.pow(2) / w.pow(2).sum().clamp_min(1e-30)
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    rows = torch.multinomial(w.cpu(), len(low), replacement=True, generator=g).to(x.device)
+    distinct = len(low) <= int((w > 0).sum())  # distinct rows where there are enough: copies would fire together
+    rows = torch.multinomial(w.cpu(), len(low), replacement=not distinct, generator=g).to(x.device)
     alive = mass >= 0.01 * mass.max()
-    enc_norm = d.W_enc[:, alive].norm(dim=0).mean()
-    e, xs = err[rows], x[rows]
+    enc_norm = d.W_enc[:, alive].norm(dim=0).mean() * RESAMPLE_ENC_SCALE
+    mean_x = x.mean(0)
+    e, xs = err[rows], x[rows] - mean_x  # centred: the MLP input's shared direction would make them fire everywhere
     d.W_dec[low] = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    d.W_enc[:, low] = (xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)).T * enc_norm
-    d.b_enc[low] = 0.0
+    w_new = (xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)).T * enc_norm
+    d.W_enc[:, low] = w_new.to(d.W_enc.dtype)
+    d.b_enc[low] = -(mean_x @ w_new).to(d.b_enc.dtype)  # silent on the mean input, as before they were resampled
     for p, sl in ((d.W_dec, (low,)), (d.W_enc, (slice(None), low)), (d.b_enc, (low,))):
         state = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):

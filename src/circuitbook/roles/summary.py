@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import Callable
 
 TYPES = ("syntax", "content", "mixed", "unclear")
 
@@ -19,21 +20,24 @@ class Summary:
     beyond_random: int = 0
     """syntax or mixed units whose rule also beats random directions in this model's geometry"""
 
-    def table(self, n_rules: int = 10, n_examples: int = 5) -> str:
+    def table(self, n_rules: int = 10, n_examples: int = 5, noun: str = "neurons",
+              key: Callable[[int, int], str] = lambda l, i: f"L{l}N{i}") -> str:
+        """The counts, top rules and strongest units; ``noun`` and ``key`` (layer, idx -> the unit's name)
+        name the units (features: "features", ``F<dictionary>.<idx>``)."""
         total = sum(self.counts.values()) or 1
-        lines = ["type      neurons   share"]
+        lines = [f"type      {noun:>7}   share"]
         lines += [f"{t:<9} {self.counts[t]:>7}  {self.counts[t] / total:6.1%}" for t in TYPES]
         lines.append(f"(syntax + mixed beyond random directions: {self.beyond_random})")
         if self.rules:
-            lines.append("\ntop rules (syntax + mixed neurons)")
+            lines.append(f"\ntop rules (syntax + mixed {noun})")
             for rule, n, units in self.rules[:n_rules]:
-                ex = ", ".join(f"L{l}N{i}" for l, i in units[:4])
-                lines.append(f"  {rule:<28} {n:>5} neurons   e.g. {ex}")
+                ex = ", ".join(key(l, i) for l, i in units[:4])
+                lines.append(f"  {rule:<28} {n:>5} {noun}   e.g. {ex}")
         for t in ("syntax", "content", "mixed"):
             if self.strongest.get(t):
                 lines.append(f"\nstrongest {t}")
                 for l, i, rule, score, reads, promotes in self.strongest[t][:n_examples]:
-                    lines.append(f"  L{l}N{i:<5} {rule or '':<22} score {score:6.1f}  reads {_fmt(reads)}"
+                    lines.append(f"  {key(l, i):<9} {rule or '':<22} score {score:6.1f}  reads {_fmt(reads)}"
                                  f"  promotes {_fmt(promotes)}")
         return "\n".join(lines)
 
