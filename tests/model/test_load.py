@@ -94,3 +94,20 @@ def test_pytorch_model_bin(tmp_path):
     torch.save(sd, tmp_path / "pytorch_model.bin")
     m = load_model(tmp_path)
     assert torch.equal(m.weights.W_in, d.model.weights.W_in)
+
+
+def test_fingerprint_does_not_depend_on_the_thread_count(ts1l):
+    """ts-1l-dev's fingerprint differed between 1 and 2 torch threads (torch's parallel sum changes its last
+    digits), so `dictionary train` (2 threads) wrote a book that `scan` (1 thread) refused as another model."""
+    before = torch.get_num_threads()
+    try:
+        prints = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            prints.add(ts1l.fingerprint())
+    finally:
+        torch.set_num_threads(before)
+    assert len(prints) == 1
+    W_U = ts1l.weights.W_U.clone()
+    W_U[7, 11] += 1e-3  # one weight off the sampled grid still changes it
+    assert ts1l.with_weights(ts1l.weights.replace(W_U=W_U)).fingerprint() not in prints

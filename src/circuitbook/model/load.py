@@ -62,15 +62,19 @@ class Model:
         return dataclasses.replace(self, weights=weights)
 
     def fingerprint(self) -> str:
-        """A short content hash of the weights: identifies the model in the book."""
+        """A short content hash of the weights: identifies the model in the book.
+
+        Independent of the thread count: the checksum is numpy's (sequential, pairwise) float64 sum, not
+        torch's, whose parallel reduction order — and so the last digits — changes with ``torch.get_num_threads``
+        (a book written by a 2-thread run was refused by a 1-thread one for 'another model')."""
         import hashlib
 
         h = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
         for k, t in sorted(self.weights.tensors().items()):
-            flat = t.detach().float().flatten()
+            flat = t.detach().float().flatten().numpy()
             h.update(k.encode())
-            h.update(flat[:: max(1, flat.numel() // 4096)].numpy().tobytes())
-            h.update(str(float(flat.double().sum())).encode())
+            h.update(flat[:: max(1, flat.size // 4096)].tobytes())
+            h.update(repr(float(flat.astype("float64").sum())).encode())
         return h.hexdigest()[:16]
 
 
